@@ -1,0 +1,1 @@
+"""Zalo-style speaker verification pipeline: prepare, folds, train, embed, score, stack, submit."""

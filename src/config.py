@@ -1,0 +1,290 @@
+"""Typed experiment configuration: YAML files validated into pydantic objects.
+
+A config may name a parent with ``extends: base.yaml`` (path relative to the file); the child's
+keys are merged over the parent's, section by section. ``key.sub=value`` overrides from the
+command line are applied last. Unknown keys anywhere are an error that names the key.
+
+Example
+-------
+>>> cfg = load_config("configs/demo.yaml", ["train.epochs=2"])  # doctest: +SKIP
+>>> cfg.train.epochs  # doctest: +SKIP
+2
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be turned into a valid experiment."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are refused, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
+    input: Path = Path("input")
+    outputs: Path = Path("outputs")
+    folds: Path = Path("folds")
+    # where `prepare` writes its manifest and cache; defaults to <outputs>/prep
+    prep: Path | None = None
+
+    @property
+    def prep_dir(self) -> Path:
+        return self.prep if self.prep is not None else self.outputs / "prep"
+
+
+class DataConfig(Section):
+    sample_rate: int = Field(16000, gt=0)
+    train_dir: str = "train"
+    test_dir: str = "public-test"
+    test_csv: str = "public-test.csv"
+    extensions: list[str] = [".wav", ".flac", ".ogg", ".mp3"]
+    min_duration: float = Field(0.1, ge=0, description="shorter clips are bad files (seconds)")
+    max_duration: float = Field(900.0, gt=0, description="longer clips are truncated (seconds)")
+    silence_dbfs: float = Field(-70.0, description="clips whose RMS is below this are silent")
+    workers: int = Field(0, ge=0, description="decode processes; 0 = all cores")
+
+
+class FoldsConfig(Section):
+    n_folds: int = Field(5, ge=2)
+    positive_share: float = Field(0.5, gt=0, lt=1)
+    same_gender_negative_share: float = Field(0.7, ge=0, le=1)
+    pairs_per_file_min: int = Field(3, ge=1)
+    pairs_per_file_max: int = Field(64, ge=1)
+    max_trials_per_fold: int = Field(20000, ge=10)
+
+
+class SpecAugmentConfig(Section):
+    freq_masks: int = Field(2, ge=0)
+    freq_width: int = Field(8, ge=0)
+    time_masks: int = Field(2, ge=0)
+    time_width: int = Field(10, ge=0)
+
+
+class FeaturesConfig(Section):
+    n_mels: int = Field(80, gt=0)
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int = 512
+    fmin: float = 20.0
+    fmax: float | None = 7600.0
+    specaugment: SpecAugmentConfig = SpecAugmentConfig()
+
+
+class AugmentConfig(Section):
+    enabled: bool = True
+    noise_p: float = Field(0.3, ge=0, le=1)
+    noise_snr_db: tuple[float, float] = (5.0, 30.0)
+    colored_noise_p: float = Field(0.2, ge=0, le=1)
+    gain_p: float = Field(0.3, ge=0, le=1)
+    gain_db: tuple[float, float] = (-12.0, 12.0)
+    bandpass_p: float = Field(0.15, ge=0, le=1)
+    lowpass_p: float = Field(0.1, ge=0, le=1)
+    reverb_p: float = Field(0.15, ge=0, le=1)
+    impulse_dir: Path | None = None
+    background_dir: Path | None = None
+    background_p: float = Field(0.3, ge=0, le=1)
+
+
+class ModelConfig(Section):
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    stem: Literal["timm", "speaker"] = "speaker"
+    width: float = Field(0.5, gt=0, description="channel multiplier for the speaker stem")
+    pooling: Literal["stats", "attentive"] = "stats"
+    embedding_dim: int = Field(256, gt=0)
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+
+
+class HeadConfig(Section):
+    kind: Literal["aam", "subcenter_aam", "softmax"] = "aam"
+    margin: float = Field(0.2, ge=0)
+    scale: float = Field(30.0, gt=0)
+    subcenters: int = Field(3, ge=1)
+    margin_warmup_epochs: int = Field(2, ge=0)
+    gender_weight: float = Field(0.0, ge=0, description="weight of the auxiliary gender head")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=2)
+    utterances_per_speaker: int = Field(2, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    crop_seconds: tuple[float, float] = (1.0, 2.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    scheduler: Literal["cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float = Field(5.0, ge=0)
+    patience: int = Field(5, ge=1)
+    amp: bool = True
+    device: str = "auto"
+    workers: int = Field(0, ge=0)
+    val_max_trials: int = Field(4000, ge=10)
+    init_checkpoint: Path | None = None
+
+
+class EmbedConfig(Section):
+    mode: Literal["full", "windows"] = "windows"
+    window_seconds: float = Field(3.0, gt=0)
+    hop_seconds: float = Field(1.5, gt=0)
+    drop_low_energy_db: float | None = None
+    batch_seconds: float = Field(120.0, gt=0)
+
+
+class ScoreConfig(Section):
+    asnorm_top_k: int = Field(100, ge=1)
+    cohort_per_speaker: bool = True
+
+
+class ExtractorConfig(Section):
+    """Which first-level embedding extractor an experiment uses."""
+
+    kind: Literal["cnn", "resemblyzer"] = "cnn"
+
+
+class StackConfig(Section):
+    experiments: list[str] = []
+    model: Literal["lightgbm", "logistic"] = "lightgbm"
+    num_leaves: int = Field(15, ge=2)
+    learning_rate: float = Field(0.05, gt=0)
+    n_estimators: int = Field(600, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+    min_child_samples: int = Field(20, ge=1)
+    use_metadata: bool = True
+    average: Literal["none", "rank", "probability"] = "none"
+
+
+class SubmitConfig(Section):
+    policy: Literal["balanced", "oof_accuracy", "eer"] = "balanced"
+    positive_share: float = Field(0.5, gt=0, lt=1)
+    source: Literal["stack", "first_level"] = "stack"
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_mb: float = Field(20.0, gt=0)
+    max_seconds: float = Field(120.0, gt=0)
+
+
+class ExperimentConfig(Section):
+    experiment: str = "cnn"
+    seed: int = 42
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    folds: FoldsConfig = FoldsConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    augment: AugmentConfig = AugmentConfig()
+    extractor: ExtractorConfig = ExtractorConfig()
+    model: ModelConfig = ModelConfig()
+    head: HeadConfig = HeadConfig()
+    train: TrainConfig = TrainConfig()
+    embed: EmbedConfig = EmbedConfig()
+    score: ScoreConfig = ScoreConfig()
+    stack: StackConfig = StackConfig()
+    submit: SubmitConfig = SubmitConfig()
+    serve: ServeConfig = ServeConfig()
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.paths.outputs / self.experiment
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.experiment_dir / f"fold{fold}"
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config inheritance loop through {path}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base = _read_yaml_chain(path.parent / parent, (*seen, path))
+    return _deep_merge(base, raw)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into its key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, value = text.split("=", 1)
+    keys = [part for part in key.strip().split(".") if part]
+    if not keys:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return keys, yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``key.sub=value`` in a nested dict (a copy); creates sections as needed."""
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{where}'")
+        else:
+            lines.append(f"config key '{where}': {problem['msg']}")
+    return "; ".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a plain dict; unknown keys raise ConfigError naming them."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (following ``extends``), apply overrides, validate."""
+    raw = _read_yaml_chain(Path(path)) if path is not None else {}
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The fully resolved config as YAML text, suitable for saving next to results."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Embedding extraction, pair scoring and verification metrics."""
