@@ -51,7 +51,7 @@ class DataConfig(Section):
     extensions: list[str] = [".wav", ".flac", ".ogg", ".mp3"]
     min_duration: float = Field(0.1, ge=0, description="shorter clips are bad files (seconds)")
     max_duration: float = Field(900.0, gt=0, description="longer clips are truncated (seconds)")
-    silence_dbfs: float = Field(-70.0, description="clips whose RMS is below this are silent")
+    silence_dbfs: float = Field(-80.0, description="train clips quieter than this are skipped")
     workers: int = Field(0, ge=0, description="decode processes; 0 = all cores")
 
 
@@ -145,7 +145,7 @@ class EmbedConfig(Section):
 
 class ScoreConfig(Section):
     asnorm_top_k: int = Field(100, ge=1)
-    cohort_per_speaker: bool = True
+    cohort_files_per_speaker: int = Field(4, ge=1, description="clips embedded per cohort speaker")
 
 
 class ExtractorConfig(Section):
@@ -164,12 +164,24 @@ class StackConfig(Section):
     min_child_samples: int = Field(20, ge=1)
     use_metadata: bool = True
     average: Literal["none", "rank", "probability"] = "none"
+    # how a test pair is scored: "per_fold" applies the stacker of fold k to the fold-k model's
+    # test scores (the same kind of number it saw in OOF), "mean" to the fold-mean scores
+    test_scores: Literal["per_fold", "mean"] = "per_fold"
+    feature_fraction: float = Field(0.9, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0, description="LightGBM L2 regularisation")
+    refit: bool = Field(True, description="refit on all training folds at the early-stopped size")
+    logistic_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic model")
+    num_threads: int = Field(0, ge=0, description="LightGBM threads; 0 = all cores")
+    adversarial_warn_auc: float = Field(0.7, gt=0.5, le=1)
 
 
 class SubmitConfig(Section):
     policy: Literal["balanced", "oof_accuracy", "eer"] = "balanced"
     positive_share: float = Field(0.5, gt=0, lt=1)
     source: Literal["stack", "first_level"] = "stack"
+    # with source=first_level: which experiment (default: the config's experiment) and score
+    experiment: str | None = None
+    score: Literal["asnorm", "cosine"] = "asnorm"
 
 
 class ServeConfig(Section):

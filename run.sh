@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run the whole pipeline, Kaldi-style: bash run.sh [--config FILE] [--stage N] [--stop-stage M] [key=value ...]
+#   stages: 0 prepare, 1 folds, 2 train, 3 embed, 4 score, 5 stack, 6 submit, 7 report
+# With no data in input/ the deterministic demo data set is generated there first.
+# Finished stages are skipped when their inputs and config are unchanged; --force redoes them.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+config=configs/demo.yaml
+stage=0
+stop_stage=7
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --config) config="$2"; shift 2 ;;
+    --stage) stage="$2"; shift 2 ;;
+    --stop-stage) stop_stage="$2"; shift 2 ;;
+    --force) extra+=(--force); shift ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *=*) extra+=("$1"); shift ;;
+    *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
+if ! "$PY" -c "import torch, timm, lightgbm" 2>/dev/null; then
+  echo "run.sh: dependencies missing; install them with: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt" >&2
+  exit 1
+fi
+
+input_dir=$("$PY" -m src show-config --config "$config" "${extra[@]}" | "$PY" -c "import sys, yaml; print(yaml.safe_load(sys.stdin)['paths']['input'])")
+if [[ -z "$(ls -A "$input_dir" 2>/dev/null | grep -v '^.gitkeep$' || true)" ]]; then
+  echo "run.sh: $input_dir is empty: generating the demo data set there"
+  "$PY" -m src demo --config "$config" --out "$input_dir" "${extra[@]}"
+fi
+
+names=(prepare folds train embed score stack submit report)
+for ((i = stage; i <= stop_stage; i++)); do
+  echo "run.sh: stage $i: ${names[$i]}"
+  "$PY" -m src "${names[$i]}" --config "$config" "${extra[@]}"
+done
+echo "run.sh: done"

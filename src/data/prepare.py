@@ -1,0 +1,198 @@
+"""The `prepare` stage: scan the data folder, decode every file once, write manifest and cache.
+
+Outputs in ``<prep_dir>``:
+
+- ``manifest.csv``: one row per usable file (see ``MANIFEST_COLUMNS``), with ``offset`` and
+  ``length`` locating its 16 kHz int16 samples in ``audio.int16``;
+- ``audio.int16``: all decoded clips back to back, each peak-normalised so quiet clips keep their
+  resolution (the original level is in the manifest's ``rms_dbfs`` and ``peak``), read later as a
+  memory map;
+- ``bad_files.csv``: every file that was skipped, with the reason;
+- ``test_pairs.csv``: the validated public-test pair list (when the CSV exists).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from src.config import DataConfig, ExperimentConfig
+from src.data.audio import AudioError, decode_audio, file_md5, peak_normalise, to_int16
+from src.data.zalo import (
+    DataLayoutError,
+    SkippedFile,
+    SourceFile,
+    check_pairs_exist,
+    read_pair_csv,
+    scan_test,
+    scan_train,
+    skipped_frame,
+)
+from src.util.io import atomic_path, write_csv, write_text
+from src.util.stage_cache import fingerprint, is_fresh, mark_done
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "audio.int16"
+MANIFEST_COLUMNS = [
+    "id", "name", "path", "split", "speaker", "gender", "age", "duration", "sample_rate",
+    "channels", "frames", "bytes", "md5", "status", "duplicate_of", "rms_dbfs", "peak", "snr_db",
+    "truncated", "offset", "length",
+]  # fmt: skip
+
+
+def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, dict | None, str]:
+    """Decode one file in a worker; returns (file, int16 samples, facts, error message)."""
+    source, cfg = job
+    # a test file must be answered whatever it sounds like: its silence is a warning, not a skip
+    silence = cfg.silence_dbfs if source.split == "train" else None
+    try:
+        clip = decode_audio(
+            source.path,
+            target_rate=cfg.sample_rate,
+            min_seconds=cfg.min_duration,
+            max_seconds=cfg.max_duration,
+            silence_dbfs=silence,
+        )
+    except AudioError as err:
+        return source, None, None, str(err)
+    except Exception as err:  # any decoder failure becomes a skip with its reason
+        return source, None, None, f"unexpected decoding error: {type(err).__name__}: {err}"
+    facts = {
+        "duration": round(clip.duration, 4),
+        "sample_rate": clip.source_rate,
+        "channels": clip.source_channels,
+        "frames": clip.source_frames,
+        "bytes": Path(source.path).stat().st_size,
+        "md5": file_md5(source.path),
+        "rms_dbfs": round(clip.rms_dbfs, 2),
+        "peak": round(clip.peak, 4),
+        "snr_db": round(clip.snr_db, 2),
+        "truncated": clip.truncated,
+    }
+    warning = ""
+    if clip.rms_dbfs < cfg.silence_dbfs:
+        warning = f"near-silent test file kept (RMS {clip.rms_dbfs:.1f} dBFS)"
+    return source, to_int16(peak_normalise(clip.samples)), facts, warning
+
+
+def _mark_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Keep the first file of each md5 group; later training copies get status `duplicate`."""
+    first = manifest.groupby("md5")["id"].transform("first")
+    is_copy = first != manifest["id"]
+    manifest["duplicate_of"] = first.where(is_copy, "")
+    manifest.loc[is_copy & (manifest["split"] == "train"), "status"] = "duplicate"
+    if is_copy.any():
+        log.warning(
+            "%d exact duplicate file(s) (same md5); training copies are kept out of training",
+            int(is_copy.sum()),
+        )
+    return manifest
+
+
+def _decode_all(
+    files: list[SourceFile], cfg: DataConfig, cache_path: Path, skipped: list[SkippedFile]
+) -> pd.DataFrame:
+    """Decode files on all cores, appending samples to the cache; return manifest rows."""
+    workers = cfg.workers or os.cpu_count() or 1
+    rows: list[dict] = []
+    offset = 0
+    started = time.perf_counter()
+    jobs = [(f, cfg) for f in files]
+    with atomic_path(cache_path) as tmp, open(tmp, "wb") as cache:
+        if workers > 1 and len(files) > 8:
+            with get_context("fork").Pool(workers) as pool:
+                results = pool.imap(_decode_job, jobs, chunksize=4)
+                offset = _collect(results, cache, rows, skipped, len(files))
+        else:
+            offset = _collect(map(_decode_job, jobs), cache, rows, skipped, len(files))
+        cache.flush()
+    seconds = offset / cfg.sample_rate
+    wall = time.perf_counter() - started
+    log.info(
+        "decoded %d files, %.1f s of audio in %.1f s wall (%.0f s audio / s, %d workers)",
+        len(rows), seconds, wall, seconds / max(wall, 1e-9), workers,
+    )  # fmt: skip
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def _collect(results, cache, rows: list[dict], skipped: list[SkippedFile], total: int) -> int:
+    offset = 0
+    for source, samples, facts, error in tqdm(results, total=total, desc="decode", unit="file"):
+        if error and samples is not None:
+            log.warning("%s: %s", source.path, error)
+        elif error:
+            skipped.append(SkippedFile(source.path, source.split, error))
+            log.warning("skipping %s: %s", source.path, error)
+            continue
+        cache.write(samples.tobytes())
+        rows.append(
+            {
+                "id": source.id, "name": source.name, "path": source.path,
+                "split": source.split, "speaker": source.speaker, "gender": source.gender,
+                "age": source.age, **facts, "status": "ok", "duplicate_of": "",
+                "offset": offset, "length": samples.size,
+            }
+        )  # fmt: skip
+        offset += samples.size
+    return offset
+
+
+def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
+    """Scan ``cfg.paths.input``, decode to the cache and write the manifest; returns prep dir."""
+    root = cfg.paths.input
+    prep_dir = cfg.paths.prep_dir
+    skipped: list[SkippedFile] = []
+    files = scan_train(root, cfg.data, skipped) + scan_test(root, cfg.data, skipped)
+    csv_path = root / cfg.data.test_csv
+    pairs = read_pair_csv(csv_path) if csv_path.is_file() else None
+    if pairs is None:
+        log.warning("no %s: there will be no submission for this data", csv_path)
+    stamp = fingerprint(
+        cfg.data.model_dump(mode="json"),
+        [(f.id, os.stat(f.path).st_size, os.stat(f.path).st_mtime_ns) for f in files],
+        [s.path for s in skipped],
+        pairs.to_csv(index=False) if pairs is not None else None,
+    )
+    outputs = [prep_dir / n for n in ("manifest.csv", CACHE_NAME, "bad_files.csv")]
+    if not force and is_fresh(prep_dir, "prepare", stamp, outputs):
+        log.info("prepare: inputs unchanged, reusing %s", prep_dir)
+        return prep_dir
+    if pairs is not None:
+        check_pairs_exist(pairs, {f.name for f in files if f.split == "test"}, csv_path)
+
+    prep_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _decode_all(files, cfg.data, prep_dir / CACHE_NAME, skipped)
+    manifest = _mark_duplicates(manifest)
+    write_csv(prep_dir / "bad_files.csv", skipped_frame(skipped))
+    if pairs is not None:
+        usable = set(manifest.loc[manifest["split"] == "test", "name"])
+        try:
+            check_pairs_exist(pairs, usable, csv_path)
+        except DataLayoutError as err:
+            raise DataLayoutError(f"{err} (reasons in {prep_dir / 'bad_files.csv'})") from None
+        write_csv(prep_dir / "test_pairs.csv", pairs)
+    write_csv(prep_dir / "manifest.csv", manifest)
+    _log_counts(manifest, skipped)
+    write_text(
+        prep_dir / "README.txt", "Written by `python -m src prepare`; see src/data/prepare.py\n"
+    )
+    mark_done(prep_dir, "prepare", stamp)
+    return prep_dir
+
+
+def _log_counts(manifest: pd.DataFrame, skipped: list[SkippedFile]) -> None:
+    train = manifest[manifest["split"] == "train"]
+    log.info(
+        "manifest: %d train files of %d speakers (%d duplicates), %d test files, %d skipped; "
+        "%.2f h of audio",
+        len(train), train["speaker"].nunique(), int((train["status"] == "duplicate").sum()),
+        int((manifest["split"] == "test").sum()), len(skipped), manifest["duration"].sum() / 3600,
+    )  # fmt: skip

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny Zalo-layout data sets written with numpy and soundfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from src.config import ExperimentConfig, load_config
+
+
+def write_tone(
+    path: Path,
+    seconds: float = 1.0,
+    rate: int = 16000,
+    freq: float = 220.0,
+    channels: int = 1,
+    level: float = 0.3,
+    seed: int = 0,
+) -> Path:
+    """A voiced-like tone with a little noise (deterministic)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = level * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+    data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data.astype(np.float32), rate, subtype="PCM_16")
+    return path
+
+
+def make_zalo(root: Path, n_speakers: int = 6, clips: int = 4, n_test: int = 6) -> Path:
+    """A small valid Zalo-layout folder: train speakers, test files, public-test.csv."""
+    for s in range(n_speakers):
+        gender = "M" if s % 2 == 0 else "F"
+        for c in range(clips):
+            write_tone(root / "train" / f"{100 + s}-{gender}-{20 + s}" / f"{100 + s}-{c}.wav",
+                       seconds=0.5 + 0.25 * c, rate=(16000, 44100, 48000)[c % 3],
+                       freq=120.0 + 25 * s + 3 * c, seed=s * 100 + c)  # fmt: skip
+    names = [f"test{i:03d}.wav" for i in range(n_test)]
+    for i, name in enumerate(names):
+        write_tone(
+            root / "public-test" / name, seconds=1.0 + 0.1 * i, freq=300.0 + 10 * i, seed=999 + i
+        )
+    pairs = [(names[i], names[(i + 1) % n_test]) for i in range(n_test)]
+    pd.DataFrame(pairs, columns=["audio_1", "audio_2"]).to_csv(
+        root / "public-test.csv", index=False
+    )
+    return root
+
+
+@pytest.fixture
+def zalo_root(tmp_path: Path) -> Path:
+    return make_zalo(tmp_path / "data")
+
+
+def config_for(root: Path, out: Path, *overrides: str) -> ExperimentConfig:
+    return load_config(
+        None,
+        [f"paths.input={root}", f"paths.outputs={out / 'outputs'}", f"paths.folds={out / 'folds'}",
+         "data.workers=1", *overrides],
+    )  # fmt: skip

@@ -1,0 +1,148 @@
+"""The prepare stage on good data and on every kind of bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from src.data.audio import AudioError, decode_audio
+from src.data.cache import AudioCache, read_manifest
+from src.data.prepare import prepare_stage
+from src.data.zalo import DataLayoutError
+from tests.conftest import config_for, write_tone
+
+
+def run_prepare(root: Path, tmp_path: Path, *overrides: str):
+    cfg = config_for(root, tmp_path, *overrides)
+    prep = prepare_stage(cfg)
+    return read_manifest(prep), pd.read_csv(prep / "bad_files.csv"), prep
+
+
+def test_manifest_and_cache(zalo_root: Path, tmp_path: Path) -> None:
+    manifest, bad, prep = run_prepare(zalo_root, tmp_path)
+    assert len(bad) == 0
+    assert (manifest["split"] == "train").sum() == 24 and (manifest["split"] == "test").sum() == 6
+    assert set(manifest["sample_rate"]) == {16000, 44100, 48000}
+    row = manifest[manifest["id"] == "train/100-M-20/100-1.wav"].iloc[0]
+    assert (row["speaker"], row["gender"], row["age"]) == ("100", "M", "20")
+    assert row["duration"] == pytest.approx(0.75, abs=1e-3)
+    assert row["length"] == 12000 and row["frames"] == int(0.75 * 44100)
+    cache = AudioCache(prep)
+    clip = cache.samples(row["id"])
+    assert clip.dtype == np.float32 and clip.size == 12000 and np.abs(clip).max() <= 1.0
+    crop = cache.crop(row["id"], 20000, np.random.default_rng(0))  # longer than the clip: tiled
+    assert crop.size == 20000
+
+
+def test_rerun_reuses_and_change_redoes(zalo_root: Path, tmp_path: Path, caplog) -> None:
+    run_prepare(zalo_root, tmp_path)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_prepare(zalo_root, tmp_path)
+    assert "reusing" in caplog.text
+    write_tone(zalo_root / "train" / "100-M-20" / "100-9.wav", seconds=2.0)
+    manifest, _, _ = run_prepare(zalo_root, tmp_path)
+    assert "train/100-M-20/100-9.wav" in set(manifest["id"])
+
+
+def test_stereo_is_mixed_down(zalo_root: Path, tmp_path: Path) -> None:
+    write_tone(zalo_root / "train" / "100-M-20" / "stereo.wav", channels=2)
+    write_tone(zalo_root / "train" / "100-M-20" / "eight.wav", channels=8)
+    manifest, bad, _ = run_prepare(zalo_root, tmp_path)
+    channels = manifest.set_index("name").loc[["stereo.wav", "eight.wav"], "channels"].tolist()
+    assert channels == [2, 8] and len(bad) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "writer", "reason"),
+    [
+        ("empty.wav", lambda p: p.write_bytes(b""), "empty file"),
+        ("corrupt.wav", lambda p: p.write_bytes(b"RIFF\x00\x00garbage" * 10), "corrupt"),
+        ("truncated.wav", lambda p: p.write_bytes(write_tone(p).read_bytes()[:30]), "corrupt"),
+        ("silent.wav", lambda p: sf.write(p, np.zeros(16000, np.float32), 16000), "silent"),
+        ("short.wav", lambda p: sf.write(p, np.full(1, 0.5, np.float32), 16000), "too short"),
+        ("nan.wav", lambda p: sf.write(p, np.full(9, np.nan, np.float32), 16000, "FLOAT"), "NaN"),
+        ("zero.wav", lambda p: sf.write(p, np.zeros(0, np.float32), 16000), "zero-length|empty"),
+        ("notes.txt", lambda p: p.write_text("hello"), "unsupported extension"),
+    ],
+)  # fmt: skip
+def test_bad_training_file_is_skipped_with_reason(
+    zalo_root, tmp_path, name, writer, reason
+) -> None:
+    path = zalo_root / "train" / "101-F-21" / name
+    writer(path)
+    manifest, bad, _ = run_prepare(zalo_root, tmp_path)
+    assert name not in set(manifest["name"])
+    row = bad[bad["path"] == str(path)]
+    assert len(row) == 1 and pd.Series(row["reason"]).str.contains(reason, case=False).all()
+
+
+def test_badly_named_speaker_folder_is_skipped(zalo_root: Path, tmp_path: Path) -> None:
+    write_tone(zalo_root / "train" / "speaker_without_gender" / "a.wav")
+    manifest, bad, _ = run_prepare(zalo_root, tmp_path)
+    assert bad["reason"].str.contains("<id>-<gender>-<age>").any()
+    assert "a.wav" not in set(manifest["name"])
+
+
+def test_age_na_is_kept_as_text(zalo_root: Path, tmp_path: Path) -> None:
+    write_tone(zalo_root / "train" / "777-F-NA" / "x.wav")
+    manifest, _, _ = run_prepare(zalo_root, tmp_path)
+    assert manifest.set_index("name").loc["x.wav", "age"] == "NA"
+
+
+def test_exact_duplicates_are_kept_out_of_training(zalo_root: Path, tmp_path: Path) -> None:
+    source = zalo_root / "train" / "100-M-20" / "100-0.wav"
+    (zalo_root / "train" / "102-M-22" / "copy.wav").write_bytes(source.read_bytes())
+    manifest, _, _ = run_prepare(zalo_root, tmp_path)
+    row = manifest.set_index("name").loc["copy.wav"]
+    assert row["status"] == "duplicate" and row["duplicate_of"] == "train/100-M-20/100-0.wav"
+
+
+def test_missing_test_file_named_in_csv_is_fatal(zalo_root: Path, tmp_path: Path) -> None:
+    (zalo_root / "public-test" / "test002.wav").unlink()
+    with pytest.raises(DataLayoutError, match="test002.wav"):
+        run_prepare(zalo_root, tmp_path)
+
+
+def test_unreadable_test_file_named_in_csv_is_fatal(zalo_root: Path, tmp_path: Path) -> None:
+    (zalo_root / "public-test" / "test003.wav").write_bytes(b"not audio at all")
+    with pytest.raises(DataLayoutError, match=r"test003.wav.*bad_files.csv"):
+        run_prepare(zalo_root, tmp_path)
+
+
+def test_csv_missing_column_is_fatal(zalo_root: Path, tmp_path: Path) -> None:
+    (zalo_root / "public-test.csv").write_text("audio_1,second\ntest000.wav,test001.wav\n")
+    with pytest.raises(DataLayoutError, match="missing column"):
+        run_prepare(zalo_root, tmp_path)
+
+
+def test_csv_duplicate_rows_and_extra_columns_are_logged(zalo_root, tmp_path, caplog) -> None:
+    (zalo_root / "public-test.csv").write_text(
+        "audio_1,audio_2,note\ntest000.wav,test001.wav,a\ntest000.wav,test001.wav,a\n"
+    )
+    with caplog.at_level("WARNING"):
+        _, _, prep = run_prepare(zalo_root, tmp_path)
+    assert "duplicate row" in caplog.text and "extra column" in caplog.text
+    assert len(pd.read_csv(prep / "test_pairs.csv")) == 2
+
+
+def test_quiet_test_file_is_kept_with_warning(zalo_root, tmp_path, caplog) -> None:
+    sf.write(zalo_root / "public-test" / "test001.wav", np.zeros(16000, np.float32), 16000)
+    with caplog.at_level("WARNING"):
+        manifest, _, _ = run_prepare(zalo_root, tmp_path)
+    assert "test001.wav" in set(manifest["name"]) and "near-silent" in caplog.text
+
+
+def test_resampling_and_long_clip_truncation(tmp_path: Path) -> None:
+    path = write_tone(tmp_path / "long.wav", seconds=3.0, rate=96000)
+    clip = decode_audio(path, 16000, max_seconds=2.0)
+    assert clip.samples.size == 32000 and clip.truncated and clip.source_rate == 96000
+    low = decode_audio(write_tone(tmp_path / "low.wav", rate=8000), 16000)
+    assert low.samples.size == 16000
+
+
+def test_decode_refuses_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="not found"):
+        decode_audio(tmp_path / "nope.wav")
