@@ -78,6 +78,7 @@ class FeaturesConfig(Section):
     n_fft: int = 512
     fmin: float = 20.0
     fmax: float | None = 7600.0
+    preemphasis: float = Field(0.97, ge=0, lt=1, description="pre-emphasis coefficient; 0 = off")
     specaugment: SpecAugmentConfig = SpecAugmentConfig()
 
 
@@ -100,7 +101,11 @@ class ModelConfig(Section):
     backbone: str = "resnet18"
     pretrained: bool = False
     stem: Literal["timm", "speaker"] = "speaker"
-    width: float = Field(0.5, gt=0, description="channel multiplier for the speaker stem")
+    # CPU-friendly defaults (ResNet18 stages 16-32-64-128, speaker stem halving mels and frames);
+    # the classic GPU recipe (ThinResNet widths at full resolution) is width 0.5, stem_stride 1
+    width: float = Field(0.25, gt=0, description="ResNet stage-width multiplier")
+    stem_stride: int = Field(2, ge=1, le=4, description="stride of the speaker stem's conv")
+    channels_last: bool = Field(True, description="channels-last backbone (faster on CPU)")
     pooling: Literal["stats", "attentive"] = "stats"
     embedding_dim: int = Field(256, gt=0)
     drop_rate: float = Field(0.0, ge=0, lt=1)
@@ -112,6 +117,8 @@ class HeadConfig(Section):
     scale: float = Field(30.0, gt=0)
     subcenters: int = Field(3, ge=1)
     margin_warmup_epochs: int = Field(2, ge=0)
+    easy_margin: bool = Field(False, description="AAM margin only where cos(theta) > 0")
+    softmax_logits: Literal["cosine", "linear"] = "cosine"
     gender_weight: float = Field(0.0, ge=0, description="weight of the auxiliary gender head")
 
 
@@ -158,7 +165,7 @@ class StackConfig(Section):
     experiments: list[str] = []
     model: Literal["lightgbm", "logistic"] = "lightgbm"
     num_leaves: int = Field(15, ge=2)
-    learning_rate: float = Field(0.05, gt=0)
+    learning_rate: float = Field(0.1, gt=0)
     n_estimators: int = Field(600, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)
     min_child_samples: int = Field(20, ge=1)
@@ -171,7 +178,9 @@ class StackConfig(Section):
     reg_lambda: float = Field(1.0, ge=0, description="LightGBM L2 regularisation")
     refit: bool = Field(True, description="refit on all training folds at the early-stopped size")
     logistic_c: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic model")
-    num_threads: int = Field(0, ge=0, description="LightGBM threads; 0 = all cores")
+    num_threads: int = Field(
+        0, ge=0, description="LightGBM threads; 0 = one per 50,000 training rows, up to all cores"
+    )
     adversarial_warn_auc: float = Field(0.7, gt=0.5, le=1)
 
 

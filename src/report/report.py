@@ -1,0 +1,368 @@
+"""The report stage: how good is each score, where does it fail, and what will the test see.
+
+Writes ``<outputs>/report/``:
+
+- ``metrics.json``: EER, minDCF, accuracy under every threshold policy for each first-level
+  score (``<exp>/cosine``, ``<exp>/asnorm``) and the stack, on OOF trials; plus TEST accuracy
+  of every policy when ``public-test-labels.csv`` (``audio_1,audio_2,label``) lies next to
+  ``public-test.csv``.
+- ``det.png``, ``score_histograms.png``.
+- ``by_duration.csv`` (by the shorter clip's duration) and ``by_gender.csv`` (MM/FF/MF) for the
+  main source (the stack when it exists) under the submit policy, on OOF trials.
+- ``summary.md``: the page to read first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.config import ExperimentConfig
+from src.inference.metrics import equal_error_rate, summarise
+from src.stacking.inputs import PAIR_KEYS, load_manifest, read_csv, read_test_pairs
+from src.stacking.submit import POLICIES, apply_policy
+from src.util.io import read_json, write_csv, write_json, write_text
+
+from .plots import plot_det, plot_histograms
+
+log = logging.getLogger(__name__)
+
+DURATION_EDGES = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, np.inf)
+MIN_GROUP_TRIALS = 30  # smaller groups are listed but not used to answer the summary questions
+LABELS_FILE = "public-test-labels.csv"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One score to judge: OOF trials with labels, and its test scores in public-test order."""
+
+    name: str
+    oof: pd.DataFrame  # fold, audio_1, audio_2, label, score
+    test: np.ndarray | None  # (test pairs,)
+    test_pairs: pd.DataFrame | None = None  # audio_1, audio_2 of ``test``
+
+
+def collect_sources(cfg: ExperimentConfig) -> dict[str, Source]:
+    """Every first-level score of the stacked experiments, and the stack if it has run."""
+    outputs = cfg.paths.outputs
+    sources: dict[str, Source] = {}
+    for exp in cfg.stack.experiments or [cfg.experiment]:
+        oof_path, test_path = outputs / exp / "oof_scores.csv", outputs / exp / "test_scores.csv"
+        if not oof_path.is_file():
+            log.warning("report: %s has no oof_scores.csv; skipped", exp)
+            continue
+        oof = read_csv(oof_path, ["fold", *PAIR_KEYS, "label", "cosine", "asnorm"], exp)
+        test = read_csv(test_path, [*PAIR_KEYS], exp) if test_path.is_file() else None
+        for score in ("cosine", "asnorm"):
+            oof_part = oof[["fold", *PAIR_KEYS, "label"]].assign(score=oof[score])
+            has_test = test is not None and score in test
+            sources[f"{exp}/{score}"] = Source(
+                f"{exp}/{score}",
+                oof_part,
+                test[score].to_numpy() if has_test else None,
+                test[PAIR_KEYS] if has_test else None,
+            )
+    stack = outputs / "stack" / "oof_predictions.csv"
+    if stack.is_file():
+        oof = read_csv(stack, ["fold", *PAIR_KEYS, "label", "prob"], "stack OOF predictions")
+        test_path = outputs / "stack" / "test_predictions.csv"
+        test = (
+            read_csv(test_path, [*PAIR_KEYS, "prob"], "stack test") if test_path.is_file() else None
+        )
+        sources["stack"] = Source(
+            "stack",
+            oof.rename(columns={"prob": "score"}),
+            test["prob"].to_numpy() if test is not None else None,
+            test[PAIR_KEYS] if test is not None else None,
+        )
+    if not sources:
+        raise FileNotFoundError(f"nothing to report under {outputs}: run `score` or `stack` first")
+    return sources
+
+
+def read_test_labels(path: Path, expected: pd.DataFrame) -> np.ndarray | None:
+    """Labels of the public-test rows from a local labels file, or ``None`` when unusable."""
+    if not path.is_file():
+        return None
+    labels = read_csv(path, [*PAIR_KEYS, "label"], "test labels")
+    labels[PAIR_KEYS] = labels[PAIR_KEYS].astype(str)
+    if labels[PAIR_KEYS].reset_index(drop=True).equals(expected.reset_index(drop=True)):
+        return labels["label"].to_numpy(dtype=np.int64)
+    by_pair = labels.drop_duplicates(PAIR_KEYS).set_index(PAIR_KEYS)["label"]
+    found = by_pair.reindex(pd.MultiIndex.from_frame(expected))
+    if found.isna().any():
+        log.warning("%s lacks %d public-test pairs; no test accuracy", path, found.isna().sum())
+        return None
+    return found.to_numpy(dtype=np.int64)
+
+
+def policy_accuracies(
+    source: Source, positive_share: float, test_labels: np.ndarray | None
+) -> dict[str, dict[str, float]]:
+    """Accuracy of each policy on OOF (threshold from OOF itself) and on test when labelled."""
+    scores, labels = source.oof["score"].to_numpy(), source.oof["label"].to_numpy()
+    out = {}
+    for policy in POLICIES:
+        oof_pred, threshold = apply_policy(policy, scores, scores, labels, positive_share)
+        entry = {"oof_accuracy": float((oof_pred == labels).mean()), "oof_threshold": threshold}
+        if source.test is not None:
+            test_pred, test_threshold = apply_policy(
+                policy, source.test, scores, labels, positive_share
+            )
+            entry["test_positive_share"] = float(test_pred.mean())
+            entry["test_threshold"] = test_threshold
+            if test_labels is not None:
+                entry["test_accuracy"] = float((test_pred == test_labels).mean())
+        out[policy] = entry
+    return out
+
+
+def group_errors(frame: pd.DataFrame, group: str) -> pd.DataFrame:
+    """Accuracy, false-accept and false-reject rates (and EER when possible) per ``group``.
+
+    ``frame`` needs ``label``, ``predicted``, ``score`` and the ``group`` column.
+    """
+    rows = []
+    for key, part in frame.groupby(group, observed=True, sort=True):
+        same, diff = part[part["label"] == 1], part[part["label"] == 0]
+        both = len(same) > 0 and len(diff) > 0
+        rows.append(
+            {
+                group: str(key),
+                "n": len(part),
+                "n_same": len(same),
+                "accuracy": float((part["predicted"] == part["label"]).mean()),
+                "false_accept_rate": float(diff["predicted"].mean()) if len(diff) else np.nan,
+                "false_reject_rate": float(1 - same["predicted"].mean()) if len(same) else np.nan,
+                "eer": equal_error_rate(part["score"], part["label"])[0] if both else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def duration_bin(seconds: np.ndarray) -> pd.Categorical:
+    """Bin labels such as ``"1-2 s"`` for clip durations (last bin open: ``">=8 s"``)."""
+    edges = DURATION_EDGES
+    names = [f"{lo:g}-{hi:g} s" for lo, hi in pairwise(edges[:-1])]
+    names.append(f">={edges[-2]:g} s")
+    return pd.cut(seconds, list(edges), right=False, labels=names)
+
+
+def gender_pairing(first: pd.Series, second: pd.Series) -> np.ndarray:
+    """``MM``, ``FF``, ``MF`` (either order) or ``unknown`` per pair."""
+    a = first.fillna("").to_numpy().astype(str)
+    b = second.fillna("").to_numpy().astype(str)
+    known = np.isin(a, ["M", "F"]) & np.isin(b, ["M", "F"])
+    pairing = np.where(a == b, np.char.add(a, b), "MF")
+    return np.where(known, pairing, "unknown")
+
+
+def breakdowns(
+    source: Source, manifest: pd.DataFrame, policy: str, positive_share: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Errors of ``source`` on OOF trials by shorter-clip duration and by gender pairing."""
+    oof = source.oof.copy()
+    scores, labels = oof["score"].to_numpy(), oof["label"].to_numpy()
+    oof["predicted"] = apply_policy(policy, scores, scores, labels, positive_share)[0]
+    info = manifest.drop_duplicates("id").set_index("id")
+    duration = pd.to_numeric(info["duration"], errors="coerce")
+    shorter = np.minimum(
+        duration.reindex(oof["audio_1"]).to_numpy(), duration.reindex(oof["audio_2"]).to_numpy()
+    )
+    oof["shorter_clip"] = duration_bin(shorter)
+    gender = info["gender"] if "gender" in info else pd.Series(dtype=object)
+    oof["gender_pair"] = gender_pairing(
+        gender.reindex(oof["audio_1"]).reset_index(drop=True),
+        gender.reindex(oof["audio_2"]).reset_index(drop=True),
+    )
+    return group_errors(oof, "shorter_clip"), group_errors(oof, "gender_pair")
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f} %"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """A pandas table as GitHub markdown (no tabulate dependency)."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def duration_answer(by_duration: pd.DataFrame) -> str:
+    """One sentence: does the source fail more on short or on long clips?
+
+    The duration bins are pooled into a shorter and a longer half (by trial count), so that
+    sparse extreme bins do not decide the answer.
+    """
+    if len(by_duration) < 2 or by_duration["n"].sum() < 2 * MIN_GROUP_TRIALS:
+        return "Too few trials to compare short and long clips."
+    before = by_duration["n"].cumsum() - by_duration["n"]
+    is_short = (before < by_duration["n"].sum() / 2).to_numpy(copy=True)
+    is_short[-1] = False  # the longest bin is always on the long side
+    halves = []
+    for rows in (by_duration[is_short], by_duration[~is_short]):
+        error = ((1 - rows["accuracy"]) * rows["n"]).sum() / rows["n"].sum()
+        bins = rows["shorter_clip"]
+        span = bins.iloc[0] if len(bins) == 1 else f"{bins.iloc[0]} to {bins.iloc[-1]}"
+        halves.append((error, f"{span}, {int(rows['n'].sum())} trials"))
+    (err_short, short_span), (err_long, long_span) = halves
+    if abs(err_short - err_long) < 0.01:
+        verdict = "about as often on short clips as on long ones"
+    elif err_short > err_long:
+        verdict = "more on short clips"
+    else:
+        verdict = "more on long clips"
+    return (
+        f"It fails {verdict}: error {_pct(err_short)} when the shorter clip is short "
+        f"({short_span}) vs {_pct(err_long)} when it is long ({long_span})."
+    )
+
+
+def gender_answer(by_gender: pd.DataFrame) -> str:
+    """One sentence: does the source fail more on same-gender pairs?"""
+    rows = by_gender.set_index("gender_pair")
+    same = rows.loc[rows.index.isin(["MM", "FF"])]
+    if same["n"].sum() < MIN_GROUP_TRIALS or "MF" not in rows.index:
+        return "Gender is unknown for too many trials to compare gender pairings."
+    err_same = 1 - (same["accuracy"] * same["n"]).sum() / same["n"].sum()
+    err_mixed = 1 - rows.loc["MF", "accuracy"]
+    per = ", ".join(f"{g} {_pct(1 - rows.loc[g, 'accuracy'])}" for g in same.index)
+    more = "more" if err_same > err_mixed else "less"
+    return (
+        f"It fails {more} on same-gender pairs: error {_pct(err_same)} ({per}) vs "
+        f"{_pct(err_mixed)} on mixed-gender pairs (all different-speaker, so the easy ones)."
+    )
+
+
+def summary_markdown(
+    metrics: dict, by_duration: pd.DataFrame | None, by_gender: pd.DataFrame | None, extra: dict
+) -> str:
+    """The report's front page: headline table, the two failure questions, warnings."""
+    rows = []
+    for name, entry in metrics["sources"].items():
+        policies = entry["policies"]
+        test = {p: policies[p].get("test_accuracy") for p in POLICIES}
+        rows.append(
+            {
+                "source": name,
+                "EER": _pct(entry["oof"]["eer"]),
+                "minDCF 0.01": f"{entry['oof']['min_dcf_0.01']:.3f}",
+                **{f"OOF acc {p}": _pct(policies[p]["oof_accuracy"]) for p in POLICIES},
+                **{f"TEST acc {p}": _pct(v) for p, v in test.items() if v is not None},
+            }
+        )
+    lines = [
+        "# Verification report",
+        "",
+        f"Main source: **{metrics['main_source']}**, submit policy **{metrics['policy']}** "
+        f"(positive share {metrics['positive_share']}). OOF accuracies use thresholds placed on "
+        "the OOF scores themselves, so `oof_accuracy` is optimistic; TEST columns (when a labels "
+        "file exists) use thresholds from OOF, as the submission does.",
+        "",
+        _table(pd.DataFrame(rows)),
+        "",
+        "## Where does it fail?",
+        "",
+    ]
+    if by_duration is None or by_gender is None:
+        lines.append("No manifest, so no breakdown by duration or gender.")
+    else:
+        lines += [
+            "- " + duration_answer(by_duration),
+            "- " + gender_answer(by_gender),
+            "",
+            "### By the shorter clip's duration (OOF)",
+            "",
+            _table(by_duration.round(4)),
+            "",
+            "### By gender pairing (OOF)",
+            "",
+            _table(by_gender.round(4)),
+        ]
+    if extra.get("shifted_features"):
+        lines += [
+            "",
+            "## Warnings",
+            "",
+            f"Adversarial validation (AUC {extra['adversarial_auc']:.3f}) finds these features "
+            f"shifted between OOF trials and test pairs: {', '.join(extra['shifted_features'])}.",
+        ]
+    if extra.get("top_features"):
+        lines += ["", "## Top stack features (gain)", "", ", ".join(extra["top_features"])]
+    lines += ["", "Figures: `det.png`, `score_histograms.png`.", ""]
+    return "\n".join(lines)
+
+
+def _stack_extras(stack_dir: Path) -> dict:
+    extra: dict = {}
+    adversarial = stack_dir / "adversarial.json"
+    if adversarial.is_file():
+        summary = read_json(adversarial)
+        extra["adversarial_auc"] = summary["auc"]
+        extra["shifted_features"] = summary["shifted_features"]
+    importances = stack_dir / "importances.csv"
+    if importances.is_file():
+        table = pd.read_csv(importances)
+        top = table.groupby("feature")["importance"].sum().sort_values(ascending=False)
+        extra["top_features"] = list(top.index[:10])
+    return extra
+
+
+def _with_checked_test(source: Source, expected: pd.DataFrame | None) -> Source:
+    """``source`` without test scores when they are not the public-test rows in order."""
+    if source.test_pairs is None or expected is None:
+        return source
+    pairs = source.test_pairs.astype(str).reset_index(drop=True)
+    if pairs.equals(expected.reset_index(drop=True)):
+        return source
+    log.warning("report: %s test rows differ from public-test.csv; no test metrics", source.name)
+    return Source(source.name, source.oof, None, None)
+
+
+def report_stage(cfg: ExperimentConfig) -> None:
+    """CLI entry: write ``<outputs>/report/`` (metrics, figures, breakdowns, summary)."""
+    out = cfg.paths.outputs / "report"
+    share, policy = cfg.submit.positive_share, cfg.submit.policy
+    sources = collect_sources(cfg)
+    test_csv = cfg.paths.input / cfg.data.test_csv
+    expected = read_test_pairs(test_csv) if test_csv.is_file() else None
+    test_labels = (
+        read_test_labels(test_csv.parent / LABELS_FILE, expected) if expected is not None else None
+    )
+    sources = {name: _with_checked_test(s, expected) for name, s in sources.items()}
+    main = "stack" if "stack" in sources else next(iter(sources))
+    metrics = {
+        "main_source": main,
+        "policy": policy,
+        "positive_share": share,
+        "test_labels": test_labels is not None,
+        "sources": {
+            name: {
+                "oof": summarise(s.oof["score"].to_numpy(), s.oof["label"].to_numpy()),
+                "policies": policy_accuracies(s, share, test_labels),
+            }
+            for name, s in sources.items()
+        },
+    }
+    by_duration = by_gender = None
+    if (cfg.paths.prep_dir / "manifest.csv").is_file():
+        manifest = load_manifest(cfg.paths.prep_dir)
+        by_duration, by_gender = breakdowns(sources[main], manifest, policy, share)
+        write_csv(out / "by_duration.csv", by_duration)
+        write_csv(out / "by_gender.csv", by_gender)
+    write_json(out / "metrics.json", metrics)
+    oof = {n: (s.oof["score"].to_numpy(), s.oof["label"].to_numpy()) for n, s in sources.items()}
+    plot_det(oof, out / "det.png")
+    plot_histograms(
+        {n: (*oof[n], s.test) for n, s in sources.items()}, out / "score_histograms.png"
+    )
+    extra = _stack_extras(cfg.paths.outputs / "stack")
+    write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
+    log.info("report written to %s (main source %s)", out, main)

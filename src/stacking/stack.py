@@ -1,0 +1,338 @@
+"""The stack stage: a second-level model over first-level scores and pair metadata, by fold.
+
+Recipe
+------
+1. Read every experiment's ``oof_scores.csv``/``test_scores.csv`` and align their rows.
+2. Build pair features (``features.py``): scores, ``q_`` columns, metadata of both clips.
+3. For every fold ``f``: train on the OOF trials of the other folds (early stopping on one of
+   them), predict fold ``f``'s trials. No trial is predicted by a model that saw its fold; since
+   folds are speaker-disjoint, none by a model that saw its speakers.
+4. Test: the stacker of fold ``f`` scores the test pairs with the fold-``f`` first-level model's
+   scores (``stack.test_scores=per_fold``, default), exactly how it scored its OOF trials; the K
+   predictions are averaged. ``stack.test_scores=mean`` feeds it the fold-mean scores instead
+   (smaller spread than anything it was trained on; kept for score tables without fold columns).
+5. Several experiments: one stacker over all of them (``stack.average=none``), or one stacker
+   per experiment whose predictions are averaged as probabilities or as normalised ranks.
+
+Outputs (``<outputs>/stack/``): ``oof_predictions.csv``, ``test_predictions.csv``,
+``importances.csv``, ``metrics.json``, ``config.yaml``, ``adversarial.csv``/``.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.config import ExperimentConfig, StackConfig, config_to_yaml
+from src.inference.metrics import equal_error_rate, summarise
+from src.util.io import write_csv, write_json, write_text
+
+from .adversarial import write_adversarial
+from .features import MissingIdError, audio_table, feature_table, metadata_features
+from .inputs import (
+    ExperimentScores,
+    align_experiments,
+    load_experiment,
+    load_manifest,
+    mean_gender,
+    test_gender_by_name,
+)
+from .models import fit_pair_model
+
+log = logging.getLogger(__name__)
+
+FALLBACK_VALID_SHARE = 0.2  # rows held out for early stopping when only one training fold exists
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """Which folds train (and early-stop) the stacker that predicts ``fold``."""
+
+    fold: int
+    train_folds: tuple[int, ...]
+    valid_folds: tuple[int, ...]  # part of train_folds; () = random rows of the training folds
+
+
+@dataclass
+class CrossFit:
+    """Out-of-fold and test predictions of one stacker family."""
+
+    oof: np.ndarray  # (trials,)
+    test: np.ndarray  # (test pairs,)
+    importance: pd.DataFrame  # feature x fold{k}
+    splits: list[FoldSplit]
+    rounds: list[int]
+
+
+@dataclass
+class StackResult:
+    """What :func:`run_stack` produced (also written to disk)."""
+
+    oof: pd.DataFrame  # fold, audio_1, audio_2, label, prob
+    test: pd.DataFrame  # audio_1, audio_2, prob
+    importances: pd.DataFrame
+    metrics: dict
+    splits: dict[str, list[FoldSplit]] = field(default_factory=dict)
+
+
+def plan_folds(folds: list[int]) -> list[FoldSplit]:
+    """One split per fold: train on the others, early-stop on the next one (cyclically).
+
+    Example
+    -------
+    >>> plan_folds([0, 1, 2])[2]
+    FoldSplit(fold=2, train_folds=(0, 1), valid_folds=(0,))
+    """
+    folds = sorted(set(folds))
+    if len(folds) < 2:
+        raise ValueError(f"stacking needs at least 2 folds, the OOF scores have {folds}")
+    splits = []
+    for fold in folds:
+        train = tuple(f for f in folds if f != fold)
+        later = [f for f in train if f > fold]
+        valid = (later[0] if later else train[0],) if len(train) >= 2 else ()
+        splits.append(FoldSplit(fold, train, valid))
+    return splits
+
+
+def _fit_rows(split: FoldSplit, folds: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (fit, valid) over OOF trials for one split; both inside its train folds."""
+    train = np.isin(folds, split.train_folds)
+    if split.valid_folds:
+        valid = np.isin(folds, split.valid_folds)
+    else:
+        rng = np.random.default_rng(seed + split.fold)
+        valid = train & (rng.random(folds.size) < FALLBACK_VALID_SHARE)
+    return train & ~valid, valid
+
+
+def cross_fit(
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    test_views: dict[int, pd.DataFrame],
+    cfg: StackConfig,
+    seed: int,
+) -> CrossFit:
+    """Fold-by-fold training: the model for fold ``f`` never sees fold ``f``'s trials.
+
+    Parameters
+    ----------
+    features
+        OOF pair features ``(trials, features)``.
+    labels, folds
+        Per-trial label (1 = same speaker) and fold.
+    test_views
+        Test features for the stacker of each fold (same columns as ``features``).
+    """
+    x = features.to_numpy(dtype=np.float64)
+    oof = np.full(labels.size, np.nan)
+    test_sum = None
+    importance, rounds = {}, []
+    splits = plan_folds([int(f) for f in np.unique(folds)])
+    for split in splits:
+        fit, valid = _fit_rows(split, folds, seed)
+        predict = folds == split.fold
+        if (predict & (fit | valid)).any():  # guard: the plan must never leak
+            raise RuntimeError(f"fold {split.fold} trials are in its own training rows")
+        model = fit_pair_model(cfg, x[fit], labels[fit], x[valid], labels[valid], seed)
+        oof[predict] = model.predict(x[predict])
+        view = test_views[split.fold][features.columns].to_numpy(dtype=np.float64)
+        test_pred = model.predict(view)
+        test_sum = test_pred if test_sum is None else test_sum + test_pred
+        importance[f"fold{split.fold}"] = model.importance()
+        rounds.append(model.rounds)
+        log.info(
+            "fold %d: trained on folds %s, %d rounds", split.fold, split.train_folds, model.rounds
+        )
+    return CrossFit(
+        oof=oof,
+        test=test_sum / len(splits),
+        importance=pd.DataFrame(importance, index=features.columns),
+        splits=splits,
+        rounds=rounds,
+    )
+
+
+def normalised_rank(values: np.ndarray) -> np.ndarray:
+    """Ranks scaled to (0, 1], ties averaged: comparable across differently calibrated models."""
+    return pd.Series(values).rank(method="average").to_numpy() / len(values)
+
+
+def combine(predictions: list[np.ndarray], how: str) -> np.ndarray:
+    """Average several predictions of the same pairs as probabilities or as ranks."""
+    if len(predictions) == 1:
+        return predictions[0]
+    if how == "rank":
+        return np.mean([normalised_rank(p) for p in predictions], axis=0)
+    if how in ("probability", "none"):
+        return np.mean(predictions, axis=0)
+    raise ValueError(f"unknown average {how!r}; choose 'none', 'rank' or 'probability'")
+
+
+def _metadata(
+    experiments: list[ExperimentScores], manifest: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metadata features of the OOF trials and of the test pairs (ids vs. test file names)."""
+    gender_oof = mean_gender([e.gender_oof for e in experiments])
+    gender_test = mean_gender([e.gender_test for e in experiments])
+    if (gender_oof is None) != (gender_test is None):
+        log.warning("gender predictions exist for only one of OOF/test; not used")
+        gender_oof = gender_test = None
+    if gender_test is not None:
+        gender_test = test_gender_by_name(gender_test, manifest)
+    reference = experiments[0]
+    oof = metadata_features(reference.oof, audio_table(manifest), gender_oof, "OOF audio ids")
+    test_table = audio_table(manifest, split="test", key="name")
+    test = metadata_features(reference.test, test_table, gender_test, "test file names")
+    return oof, test
+
+
+def _optional_metadata(
+    experiments: list[ExperimentScores], manifest: pd.DataFrame | None, required: bool
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Metadata features; when only adversarial validation wants them, a gap is a warning."""
+    if manifest is None:
+        return None
+    try:
+        return _metadata(experiments, manifest)
+    except MissingIdError as err:
+        if required:
+            raise
+        log.warning("no metadata features, so no adversarial validation: %s", err)
+        return None
+
+
+def _stack_group(
+    group: list[ExperimentScores],
+    meta: tuple[pd.DataFrame, pd.DataFrame] | None,
+    cfg: ExperimentConfig,
+) -> CrossFit:
+    """Cross-fit one stacker over the experiments of ``group`` (+ metadata when given)."""
+    reference = group[0]
+    oof_meta, test_meta = meta if meta is not None else (None, None)
+    features = feature_table({e.name: e.oof for e in group}, oof_meta)
+    tests = {e.name: e.test for e in group}
+    folds = reference.oof["fold"].to_numpy()
+    if cfg.stack.test_scores == "per_fold":
+        views = {int(f): feature_table(tests, test_meta, f"_fold{f}") for f in np.unique(folds)}
+    else:
+        mean_view = feature_table(tests, test_meta)
+        views = {int(f): mean_view for f in np.unique(folds)}
+    log.info("stacking %s: %d trials, %d features", [e.name for e in group], *features.shape)
+    labels = reference.oof["label"].to_numpy(dtype=np.int64)
+    return cross_fit(features, labels, folds, views, cfg.stack, cfg.seed)
+
+
+def _importance_table(fits: dict[str, CrossFit], kind: str) -> pd.DataFrame:
+    rows = []
+    for name, fit in fits.items():
+        table = fit.importance
+        frame = pd.DataFrame(
+            {
+                "model": name,
+                "feature": table.index,
+                "kind": kind,
+                "importance": table.mean(axis=1).to_numpy(),
+                "importance_std": table.std(axis=1, ddof=0).to_numpy(),
+            }
+        )
+        rows.append(pd.concat([frame, table.reset_index(drop=True)], axis=1))
+    out = pd.concat(rows, ignore_index=True)
+    return out.sort_values(["model", "importance"], ascending=[True, False], ignore_index=True)
+
+
+def _metrics(
+    experiments: list[ExperimentScores],
+    oof: pd.DataFrame,
+    fits: dict[str, CrossFit],
+    cfg: ExperimentConfig,
+) -> dict:
+    labels = oof["label"].to_numpy()
+    per_fold = {}
+    for fold, rows in oof.groupby("fold"):
+        if rows["label"].nunique() == 2:
+            per_fold[f"fold{fold}"] = equal_error_rate(rows["prob"], rows["label"])[0]
+    return {
+        "experiments": {
+            e.name: {s: summarise(e.oof[s].to_numpy(), labels) for s in ("cosine", "asnorm")}
+            for e in experiments
+        },
+        "stack": summarise(oof["prob"].to_numpy(), labels) | {"eer_per_fold": per_fold},
+        "stackers": {
+            name: summarise(fit.oof, labels)
+            | {"rounds": fit.rounds, "features": len(fit.importance)}
+            for name, fit in fits.items()
+        },
+        "model": cfg.stack.model,
+        "average": cfg.stack.average,
+        "use_metadata": cfg.stack.use_metadata,
+        "test_scores": cfg.stack.test_scores,
+    }
+
+
+def run_stack(
+    cfg: ExperimentConfig, experiment_dirs: list[Path], out_dir: Path | None = None
+) -> StackResult:
+    """Train the second level on the experiments in ``experiment_dirs`` and write its outputs.
+
+    Parameters
+    ----------
+    cfg
+        Resolved config; ``cfg.stack`` chooses the model, ``cfg.paths`` the manifest location.
+    experiment_dirs
+        ``outputs/<exp>`` folders with ``oof_scores.csv`` and ``test_scores.csv``.
+    out_dir
+        Where to write; defaults to ``<outputs>/stack``.
+    """
+    started = time.perf_counter()
+    out_dir = out_dir or cfg.paths.outputs / "stack"
+    experiments = align_experiments([load_experiment(Path(d)) for d in experiment_dirs])
+    manifest_path = cfg.paths.prep_dir / "manifest.csv"
+    manifest = load_manifest(cfg.paths.prep_dir) if manifest_path.is_file() else None
+    if cfg.stack.use_metadata and manifest is None:
+        raise FileNotFoundError(
+            f"stack.use_metadata=true needs {manifest_path}; run `prepare` or set "
+            "stack.use_metadata=false"
+        )
+    meta = _optional_metadata(experiments, manifest, required=cfg.stack.use_metadata)
+
+    groups = [experiments] if cfg.stack.average == "none" else [[e] for e in experiments]
+    used_meta = meta if cfg.stack.use_metadata else None
+    fits = {"+".join(e.name for e in g): _stack_group(g, used_meta, cfg) for g in groups}
+    how = cfg.stack.average
+    reference = experiments[0]
+    oof = reference.oof[["fold", "audio_1", "audio_2", "label"]].copy()
+    oof["prob"] = combine([f.oof for f in fits.values()], how)
+    test = reference.test[["audio_1", "audio_2"]].copy()
+    test["prob"] = combine([f.test for f in fits.values()], how)
+
+    kind = "gain" if cfg.stack.model == "lightgbm" else "abs_standardised_coef"
+    importances = _importance_table(fits, kind)
+    metrics = _metrics(experiments, oof, fits, cfg)
+    write_csv(out_dir / "oof_predictions.csv", oof)
+    write_csv(out_dir / "test_predictions.csv", test)
+    write_csv(out_dir / "importances.csv", importances)
+    write_json(out_dir / "metrics.json", metrics)
+    write_text(out_dir / "config.yaml", config_to_yaml(cfg))
+    if meta is not None:
+        pairs = (reference.oof, reference.test)
+        write_adversarial(meta[0], meta[1], cfg.stack, cfg.seed, out_dir, pairs)
+    log.info(
+        "stack: OOF EER %.4f (best single %.4f), %.1f s",
+        metrics["stack"]["eer"],
+        min(m["eer"] for e in metrics["experiments"].values() for m in e.values()),
+        time.perf_counter() - started,
+    )
+    return StackResult(oof, test, importances, metrics, {k: f.splits for k, f in fits.items()})
+
+
+def stack_stage(cfg: ExperimentConfig) -> None:
+    """CLI entry: stack ``cfg.stack.experiments`` (default: the config's own experiment)."""
+    names = cfg.stack.experiments or [cfg.experiment]
+    run_stack(cfg, [cfg.paths.outputs / name for name in names])

@@ -1,0 +1,200 @@
+"""The submit stage: scores -> 0/1 labels by a threshold policy -> a checked submission file.
+
+Policies
+--------
+``balanced``
+    Label exactly ``round(positive_share * pairs)`` pairs as same-speaker: the highest scores,
+    ties broken by row order (earlier row first). Needs no OOF data and is robust to any shift
+    of the score scale between OOF and test; the Zalo public test is 50 % same-speaker.
+``oof_accuracy``
+    The threshold with the best accuracy on the OOF predictions.
+``eer``
+    The OOF equal-error-rate threshold.
+
+The submission is written only after it has been checked against ``public-test.csv``: every row
+in the same order (duplicates included) and labels in {0, 1}; otherwise nothing is written.
+
+Example
+-------
+>>> import numpy as np
+>>> balanced_labels(np.array([0.2, 0.9, 0.5, 0.5]), 0.5)[0].tolist()
+[0, 1, 1, 0]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from src.config import ExperimentConfig
+from src.inference.metrics import best_accuracy, equal_error_rate
+from src.util.io import write_csv
+
+from .inputs import PAIR_KEYS, read_csv, read_test_pairs
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("balanced", "oof_accuracy", "eer")
+
+
+class SubmissionError(ValueError):
+    """A submission that does not match ``public-test.csv`` or has invalid labels."""
+
+
+@dataclass(frozen=True)
+class ScoreSource:
+    """Test scores to label, and OOF scores with labels to place a threshold."""
+
+    name: str
+    test: pd.DataFrame  # audio_1, audio_2, score (public-test.csv names and order)
+    oof_scores: np.ndarray
+    oof_labels: np.ndarray
+
+
+def balanced_labels(scores: np.ndarray, positive_share: float) -> tuple[np.ndarray, float]:
+    """Label the top ``round(positive_share * n)`` scores 1; ties go to the earlier row.
+
+    Returns the labels and the lowest accepted score (the effective threshold).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if not 0.0 < positive_share < 1.0:
+        raise ValueError(f"positive_share must be in (0, 1), got {positive_share}")
+    if scores.size == 0 or not np.isfinite(scores).all():
+        raise ValueError("balanced labels need finite scores")
+    n_positive = round(positive_share * scores.size)
+    order = np.argsort(-scores, kind="stable")  # stable: equal scores keep row order
+    labels = np.zeros(scores.size, dtype=np.int64)
+    labels[order[:n_positive]] = 1
+    threshold = float(scores[order[n_positive - 1]]) if n_positive else float("inf")
+    return labels, threshold
+
+
+def oof_threshold(policy: str, oof_scores: np.ndarray, oof_labels: np.ndarray) -> float:
+    """Threshold of a policy that is placed on OOF predictions (``oof_accuracy`` or ``eer``)."""
+    if policy == "oof_accuracy":
+        return best_accuracy(oof_scores, oof_labels)[1]
+    if policy == "eer":
+        return equal_error_rate(oof_scores, oof_labels)[1]
+    raise ValueError(f"policy {policy!r} has no OOF threshold; choose 'oof_accuracy' or 'eer'")
+
+
+def apply_policy(
+    policy: str,
+    scores: np.ndarray,
+    oof_scores: np.ndarray,
+    oof_labels: np.ndarray,
+    positive_share: float = 0.5,
+) -> tuple[np.ndarray, float]:
+    """0/1 labels for ``scores`` under ``policy`` and the threshold used."""
+    if policy == "balanced":
+        return balanced_labels(scores, positive_share)
+    if policy not in POLICIES:
+        raise ValueError(f"unknown threshold policy {policy!r}; choose one of {POLICIES}")
+    threshold = oof_threshold(policy, oof_scores, oof_labels)
+    return (np.asarray(scores) >= threshold).astype(np.int64), threshold
+
+
+def _rows(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(zip(frame["audio_1"].astype(str), frame["audio_2"].astype(str), strict=True))
+
+
+def check_submission(submission: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """Raise :class:`SubmissionError` unless ``submission`` labels every expected row in order.
+
+    Parameters
+    ----------
+    submission
+        ``audio_1, audio_2, label``.
+    expected
+        ``public-test.csv``: ``audio_1, audio_2`` (duplicate rows must be repeated too).
+    """
+    missing_cols = [c for c in (*PAIR_KEYS, "label") if c not in submission.columns]
+    if missing_cols:
+        raise SubmissionError(f"submission lacks columns {missing_cols}")
+    got, want = _rows(submission), _rows(expected)
+    if got != want:
+        got_count, want_count = Counter(got), Counter(want)
+        missing = list((want_count - got_count).elements())
+        extra = list((got_count - want_count).elements())
+        if missing or extra:
+            raise SubmissionError(
+                f"submission has {len(got)} rows, public-test.csv {len(want)}: "
+                f"{len(missing)} missing (e.g. {missing[:3]}), "
+                f"{len(extra)} extra (e.g. {extra[:3]})"
+            )
+        first = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+        raise SubmissionError(
+            f"submission rows are out of order: row {first} is {got[first]}, "
+            f"public-test.csv has {want[first]}"
+        )
+    labels = pd.to_numeric(submission["label"], errors="coerce")
+    if labels.isna().any() or not labels.isin([0, 1]).all():
+        bad = submission["label"][labels.isna() | ~labels.isin([0, 1])]
+        raise SubmissionError(f"labels must be 0 or 1; {len(bad)} are not (e.g. {bad.iloc[0]!r})")
+
+
+def load_source(cfg: ExperimentConfig) -> ScoreSource:
+    """The scores ``cfg.submit.source`` names: stack predictions or one experiment's score."""
+    outputs = cfg.paths.outputs
+    if cfg.submit.source == "stack":
+        stack = outputs / "stack"
+        test = read_csv(stack / "test_predictions.csv", [*PAIR_KEYS, "prob"], "stack predictions")
+        oof = read_csv(stack / "oof_predictions.csv", ["label", "prob"], "stack OOF predictions")
+        test = test.rename(columns={"prob": "score"})
+        return ScoreSource("stack", test, oof["prob"].to_numpy(), oof["label"].to_numpy())
+    experiment = cfg.submit.experiment or cfg.experiment
+    column = cfg.submit.score
+    directory = outputs / experiment
+    test = read_csv(directory / "test_scores.csv", [*PAIR_KEYS, column], f"{experiment} test")
+    oof = read_csv(directory / "oof_scores.csv", ["label", column], f"{experiment} OOF")
+    if cfg.submit.policy != "balanced":
+        log.warning(
+            "%s test %s is a fold-mean (smaller spread than the OOF scores its %s threshold "
+            "comes from); the balanced policy does not depend on that",
+            experiment,
+            column,
+            cfg.submit.policy,
+        )
+    test = test[[*PAIR_KEYS, column]].rename(columns={column: "score"})
+    return ScoreSource(
+        f"{experiment}/{column}", test, oof[column].to_numpy(), oof["label"].to_numpy()
+    )
+
+
+def build_submission(
+    source: ScoreSource, expected: pd.DataFrame, policy: str, positive_share: float
+) -> tuple[pd.DataFrame, float]:
+    """Checked ``audio_1, audio_2, score, label`` table in ``expected``'s row order."""
+    table = source.test[[*PAIR_KEYS, "score"]].copy()
+    check_submission(table.assign(label=0), expected)  # rows first: labels follow row order
+    if not np.isfinite(table["score"].to_numpy(dtype=np.float64)).all():
+        raise SubmissionError(f"{source.name}: test scores contain NaN or infinity")
+    labels, threshold = apply_policy(
+        policy, table["score"].to_numpy(), source.oof_scores, source.oof_labels, positive_share
+    )
+    table["label"] = labels
+    check_submission(table, expected)
+    return table, threshold
+
+
+def submit_stage(cfg: ExperimentConfig) -> None:
+    """CLI entry: write ``<outputs>/submission.csv`` and ``<outputs>/submission_scores.csv``."""
+    expected = read_test_pairs(cfg.paths.input / cfg.data.test_csv)
+    source = load_source(cfg)
+    table, threshold = build_submission(
+        source, expected, cfg.submit.policy, cfg.submit.positive_share
+    )
+    write_csv(cfg.paths.outputs / "submission_scores.csv", table)
+    write_csv(cfg.paths.outputs / "submission.csv", table[[*PAIR_KEYS, "label"]])
+    log.info(
+        "submission from %s, policy %s (threshold %.4f): %d pairs, %.1f %% same speaker",
+        source.name,
+        cfg.submit.policy,
+        threshold,
+        len(table),
+        100 * table["label"].mean(),
+    )

@@ -1,0 +1,66 @@
+"""The report stage on synthetic first-level scores and a stack."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from src.report.report import duration_answer, duration_bin, gender_pairing, report_stage
+from src.stacking.stack import stack_stage
+from src.stacking.synthetic import write_synthetic_inputs
+
+
+def synthetic(tmp_path, **kwargs):
+    options = dict(n_folds=3, train_speakers=90, test_speakers=40, trials_per_fold=600)
+    return write_synthetic_inputs(tmp_path, **(options | dict(n_test_pairs=500) | kwargs))
+
+
+def test_report_writes_its_files(tmp_path):
+    cfg = synthetic(tmp_path)
+    cfg.stack.num_threads = 1
+    stack_stage(cfg)
+    report_stage(cfg)
+    out = cfg.paths.outputs / "report"
+    for name in ("metrics.json", "det.png", "score_histograms.png", "summary.md"):
+        assert (out / name).stat().st_size > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["main_source"] == "stack" and metrics["test_labels"]
+    assert set(metrics["sources"]) == {"cnn/cosine", "cnn/asnorm", "stack"}
+    for entry in metrics["sources"].values():
+        assert set(entry["policies"]) == {"balanced", "oof_accuracy", "eer"}
+        assert 0.5 < entry["policies"]["balanced"]["test_accuracy"] <= 1.0
+        assert entry["policies"]["balanced"]["test_positive_share"] == 0.5
+    by_duration = pd.read_csv(out / "by_duration.csv")
+    assert by_duration["n"].sum() == len(pd.read_csv(cfg.paths.outputs / "cnn" / "oof_scores.csv"))
+    by_gender = pd.read_csv(out / "by_gender.csv")
+    assert set(by_gender["gender_pair"]) <= {"MM", "FF", "MF", "unknown"}
+    assert (by_gender.set_index("gender_pair").loc["MF", "n_same"]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "It fails" in summary and "when the shorter clip is short" in summary
+    assert "same-gender pairs" in summary
+
+
+def test_report_without_stack_or_labels(tmp_path):
+    cfg = synthetic(tmp_path, test_labels=False)
+    report_stage(cfg)
+    metrics = json.loads((cfg.paths.outputs / "report" / "metrics.json").read_text())
+    assert metrics["main_source"] == "cnn/cosine" and not metrics["test_labels"]
+    assert "test_accuracy" not in metrics["sources"]["cnn/asnorm"]["policies"]["eer"]
+    summary = (cfg.paths.outputs / "report" / "summary.md").read_text()
+    assert "It fails more on short clips" in summary  # synthetic score noise grows on short clips
+
+
+def test_duration_bins_and_gender_pairs():
+    bins = duration_bin(np.array([0.5, 1.0, 2.5, 9.0, np.nan]))
+    assert list(bins[:4]) == ["0-1 s", "1-2 s", "2-3 s", ">=8 s"]
+    assert pd.isna(bins[4])
+    pairs = gender_pairing(
+        pd.Series(["M", "F", "F", "NA", None]), pd.Series(["M", "F", "M", "M", "F"])
+    )
+    assert pairs.tolist() == ["MM", "FF", "MF", "unknown", "unknown"]
+    table = pd.DataFrame(
+        {"shorter_clip": ["0-1 s", ">=8 s"], "n": [100, 100], "accuracy": [0.7, 0.9]}
+    )
+    assert "more on short clips" in duration_answer(table)
