@@ -73,7 +73,7 @@ def accuracy_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> flo
 def best_accuracy(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Highest accuracy over thresholds and the threshold (midpoint) that reaches it."""
     scores, labels = _check(scores, labels)
-    thresholds, far, frr = error_curves(scores, labels)
+    _, far, frr = error_curves(scores, labels)
     n_pos = labels.sum()
     n_neg = labels.size - n_pos
     correct = (1.0 - frr) * n_pos + (1.0 - far) * n_neg

@@ -1,0 +1,196 @@
+"""The `score` stage: cosine and AS-norm scores of OOF trials and test pairs, and OOF metrics.
+
+Writes in ``outputs/<exp>/``:
+
+- ``oof_scores.csv``: fold, audio_1, audio_2, label, cosine, asnorm, q_norm_1/2, q_cohort_1/2;
+- ``test_scores.csv``: audio_1, audio_2 (names as in public-test.csv, same order),
+  ``cosine_fold{k}``, ``asnorm_fold{k}`` per fold model, their means ``cosine``, ``asnorm``, and
+  the fold-mean quality columns;
+- ``metrics.json``: EER, minDCF and accuracies of the OOF scores (and of the test scores when a
+  ``public-test-labels.csv`` answer key lies beside the test CSV).
+
+Example
+-------
+>>> import numpy as np
+>>> v = np.eye(3, dtype=np.float32)
+>>> cosine_pairs(v, np.array([0, 0]), np.array([0, 1])).tolist()
+[1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from src.config import ExperimentConfig
+from src.data.zalo import read_pair_csv
+from src.inference.embed import load_embeddings
+from src.inference.metrics import accuracy_at, balanced_threshold, summarise
+from src.util.io import write_csv, write_json
+from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done
+
+log = logging.getLogger(__name__)
+
+
+def cosine_pairs(
+    vectors: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 65536
+) -> np.ndarray:
+    """Row-wise dot products of unit vectors ``vectors[left]`` and ``vectors[right]``."""
+    out = np.empty(left.size, dtype=np.float32)
+    for start in range(0, left.size, chunk):
+        a = vectors[left[start : start + chunk]]
+        b = vectors[right[start : start + chunk]]
+        out[start : start + chunk] = np.einsum("ij,ij->i", a, b)
+    return out
+
+
+def speaker_means(vectors: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Unit-length mean embedding of each cohort speaker ``(speakers, dim)``."""
+    names, inverse = np.unique(speakers, return_inverse=True)
+    sums = np.zeros((names.size, vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, vectors)
+    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+
+
+def cohort_stats(
+    vectors: np.ndarray, cohort: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each clip's ``top_k`` highest cohort scores (for AS-norm)."""
+    scores = vectors @ cohort.T  # (clips, cohort)
+    k = min(top_k, cohort.shape[0])
+    top = np.partition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+    return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-4)
+
+
+def asnorm(
+    raw: np.ndarray, stats: tuple[np.ndarray, np.ndarray], left: np.ndarray, right: np.ndarray
+) -> np.ndarray:
+    """Adaptive symmetric score normalisation of pair scores."""
+    mean, std = stats
+    return 0.5 * ((raw - mean[left]) / std[left] + (raw - mean[right]) / std[right])
+
+
+def score_pairs(
+    emb: dict[str, np.ndarray], pairs: pd.DataFrame, top_k: int, key: dict[str, int]
+) -> pd.DataFrame:
+    """Cosine, AS-norm and quality columns for ``pairs`` (ids mapped to rows by ``key``)."""
+    missing = sorted(set(pairs["audio_1"]).union(pairs["audio_2"]) - key.keys())
+    if missing:
+        raise ValueError(f"{len(missing)} paired clip(s) have no embedding, e.g. {missing[:3]}")
+    left = pairs["audio_1"].map(key).to_numpy()
+    right = pairs["audio_2"].map(key).to_numpy()
+    vectors = emb["vectors"]
+    is_cohort = emb["role"] == "cohort"
+    cohort = speaker_means(vectors[is_cohort], emb["speaker"][is_cohort])
+    stats = cohort_stats(vectors, cohort, top_k)
+    raw = cosine_pairs(vectors, left, right)
+    return pd.DataFrame(
+        {
+            "cosine": raw,
+            "asnorm": asnorm(raw, stats, left, right).astype(np.float32),
+            "q_norm_1": emb["norms"][left],
+            "q_norm_2": emb["norms"][right],
+            "q_cohort_1": stats[0][left].astype(np.float32),
+            "q_cohort_2": stats[0][right].astype(np.float32),
+        }
+    )
+
+
+def _id_to_row(emb: dict[str, np.ndarray], role: str, by_name: bool = False) -> dict[str, int]:
+    rows = np.flatnonzero(emb["role"] == role)
+    ids = emb["ids"][rows]
+    if by_name:
+        ids = np.array([i.rsplit("/", 1)[-1] for i in ids])
+    return dict(zip(ids.tolist(), rows.tolist(), strict=True))
+
+
+def test_pairs(cfg: ExperimentConfig) -> pd.DataFrame | None:
+    path = cfg.paths.prep_dir / "test_pairs.csv"
+    return read_pair_csv(path) if path.is_file() else None
+
+
+def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
+    """Score every fold's OOF trials and the test pairs with every fold model."""
+    exp = cfg.experiment_dir
+    k_folds = cfg.folds.n_folds
+    emb_paths = [cfg.fold_dir(k) / "embeddings.npz" for k in range(k_folds)]
+    trial_paths = [cfg.paths.folds / f"trials_fold{k}.csv" for k in range(k_folds)]
+    pairs_path = cfg.paths.prep_dir / "test_pairs.csv"
+    stamp = fingerprint(
+        cfg.score.model_dump(), files_fingerprint([*emb_paths, *trial_paths, pairs_path])
+    )
+    outputs = [exp / "oof_scores.csv", exp / "metrics.json"]
+    if not force and is_fresh(exp, "score", stamp, outputs):
+        log.info("score: unchanged, reusing %s", exp)
+        return
+    pairs = test_pairs(cfg)
+    oof_parts, test_parts = [], []
+    for k in range(k_folds):
+        emb = load_embeddings(emb_paths[k])
+        trials = pd.read_csv(trial_paths[k], dtype={"audio_1": str, "audio_2": str})
+        scored = score_pairs(emb, trials, cfg.score.asnorm_top_k, _id_to_row(emb, "oof"))
+        oof_parts.append(pd.concat([trials.assign(fold=k), scored], axis=1))
+        if pairs is not None:
+            test = score_pairs(
+                emb, pairs, cfg.score.asnorm_top_k, _id_to_row(emb, "test", by_name=True)
+            )
+            test_parts.append(test.add_suffix(f"_fold{k}"))
+    oof = pd.concat(oof_parts, ignore_index=True)
+    oof = oof[["fold", "audio_1", "audio_2", "label", *scored.columns]]
+    write_csv(exp / "oof_scores.csv", oof)
+    metrics = {
+        "oof": {
+            s: summarise(oof[s].to_numpy(), oof["label"].to_numpy()) for s in ("cosine", "asnorm")
+        }
+    }
+    metrics["oof_per_fold_eer"] = {
+        int(k): summarise(g["asnorm"], g["label"])["eer"] for k, g in oof.groupby("fold")
+    }
+    if pairs is not None:
+        table = _test_table(pairs, test_parts, list(scored.columns))
+        write_csv(exp / "test_scores.csv", table)
+        metrics["test"] = _test_metrics(cfg, table)
+    write_json(exp / "metrics.json", metrics)
+    log.info(
+        "OOF EER cosine %.4f, asnorm %.4f",
+        metrics["oof"]["cosine"]["eer"],
+        metrics["oof"]["asnorm"]["eer"],
+    )
+    mark_done(exp, "score", stamp)
+
+
+def _test_table(pairs: pd.DataFrame, parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    table = pd.concat([pairs.reset_index(drop=True), *parts], axis=1)
+    for column in columns:
+        table[column] = table[[f"{column}_fold{k}" for k in range(len(parts))]].mean(axis=1)
+    return table
+
+
+def _test_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
+    """Accuracy on the test pairs when an answer key is available (local scoring only)."""
+    key_path = cfg.paths.input / "public-test-labels.csv"
+    if not key_path.is_file():
+        return {}
+    key = pd.read_csv(key_path, dtype={"audio_1": str, "audio_2": str})
+    if (
+        len(key) != len(table)
+        or not (key["audio_1"].to_numpy() == table["audio_1"].to_numpy()).all()
+    ):
+        log.warning("%s does not match the test pairs row by row; test metrics skipped", key_path)
+        return {}
+    labels = key["label"].to_numpy()
+    result = {}
+    for column in ("cosine", "asnorm"):
+        scores = table[column].to_numpy()
+        result[column] = summarise(scores, labels)
+        result[column]["accuracy_balanced_0.5"] = accuracy_at(
+            scores, labels, balanced_threshold(scores, 0.5)
+        )
+    log.info(
+        "test accuracy (balanced threshold): cosine %.4f, asnorm %.4f",
+        result["cosine"]["accuracy_balanced_0.5"],
+        result["asnorm"]["accuracy_balanced_0.5"],
+    )
+    return result

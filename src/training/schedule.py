@@ -1,0 +1,33 @@
+"""Learning-rate schedules as a factor of the peak rate per optimiser step."""
+
+from __future__ import annotations
+
+import math
+
+from src.config import TrainConfig
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
+    """Linear warm-up to 1, then cosine decay (``cosine``) or a one-cycle cosine anneal.
+
+    ``onecycle`` starts at 1/25 of the peak rather than 0 and anneals to 1/10,000 of it.
+    """
+    total_steps = max(total_steps, 1)
+    if kind == "onecycle":
+        warm = max(warmup_steps, int(0.3 * total_steps))
+        start, end = 1 / 25, 1 / 1e4
+        if step < warm:
+            return start + (1 - start) * (1 - math.cos(math.pi * step / warm)) / 2
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return end + (1 - end) * (1 + math.cos(math.pi * progress)) / 2
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.01 + 0.99 * (1 + math.cos(math.pi * progress)) / 2
+
+
+def schedule_for(cfg: TrainConfig, steps_per_epoch: int):
+    """A ``LambdaLR`` factor function for this training config."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    return lambda step: lr_factor(step, total, warmup, cfg.scheduler)

@@ -1,0 +1,317 @@
+"""The `train` stage for one fold: the whole recipe, top to bottom.
+
+config -> data (other folds' speakers) -> model + margin head -> optimiser + schedule ->
+epochs of speaker-balanced random crops -> validation EER on ``trials_fold{k}.csv`` ->
+``last.pt`` every epoch (resume), ``best.pt`` on improvement, early stopping, ``history.csv``.
+
+Run under ``torchrun --nproc_per_node N -m src train --fold k`` for DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from src.config import ExperimentConfig, config_to_yaml
+from src.data.cache import AudioCache, read_manifest
+from src.data.folds import training_files
+from src.features.augment import build_waveform_augment
+from src.inference.embed import embed_clips
+from src.inference.extractors import ModuleExtractor
+from src.inference.metrics import equal_error_rate
+from src.inference.score import cosine_pairs
+from src.model_zoo import build_embedder, build_gender_head, build_head, margin_at_epoch
+from src.training.batches import BalancedBatches, TrainingSet, steps_per_epoch
+from src.training.checkpoint import load_checkpoint, save_checkpoint
+from src.training.device import barrier, broadcast_float, init_distributed, pick_device
+from src.training.schedule import schedule_for
+from src.util.io import write_csv, write_text
+from src.util.seed import seed_everything
+from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done
+
+log = logging.getLogger(__name__)
+
+TRAINING_SECTIONS = ("seed", "data", "folds", "features", "augment", "model", "head", "train")
+
+
+def training_fingerprint(cfg: ExperimentConfig) -> str:
+    """What a trained model depends on: the training config sections and the data files."""
+    dumped = cfg.model_dump(mode="json")
+    inputs = files_fingerprint([cfg.paths.prep_dir / "manifest.csv", cfg.paths.folds / "folds.csv"])
+    return fingerprint({k: dumped[k] for k in TRAINING_SECTIONS}, inputs)
+
+
+def fold_split(cfg: ExperimentConfig, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Training files (other folds), validation files and validation trials of ``fold``."""
+    manifest = read_manifest(cfg.paths.prep_dir)
+    folds = pd.read_csv(cfg.paths.folds / "folds.csv", dtype={"speaker": str})
+    if fold not in set(folds["fold"]):
+        raise ValueError(f"fold {fold} is not in {cfg.paths.folds / 'folds.csv'}")
+    fold_of = dict(zip(folds["speaker"], folds["fold"], strict=True))
+    files = training_files(manifest)
+    in_fold = files["speaker"].map(fold_of) == fold
+    trials = pd.read_csv(
+        cfg.paths.folds / f"trials_fold{fold}.csv", dtype={"audio_1": str, "audio_2": str}
+    )
+    if len(trials) > cfg.train.val_max_trials:
+        trials = trials.sample(cfg.train.val_max_trials, random_state=cfg.seed).sort_index()
+    return files[~in_fold], files[in_fold], trials
+
+
+class ValidationSet:
+    """Fold trials scored with the model being trained (EER of cosine scores)."""
+
+    def __init__(self, cfg: ExperimentConfig, cache: AudioCache, trials: pd.DataFrame) -> None:
+        self.cfg, self.cache = cfg, cache
+        self.ids = sorted(set(trials["audio_1"]) | set(trials["audio_2"]))
+        index = {clip: i for i, clip in enumerate(self.ids)}
+        self.left = trials["audio_1"].map(index).to_numpy()
+        self.right = trials["audio_2"].map(index).to_numpy()
+        self.labels = trials["label"].to_numpy()
+
+    def eer(self, model: torch.nn.Module, device: torch.device) -> float:
+        model.eval()
+        extractor = ModuleExtractor(model, device, self.cfg.model.embedding_dim, "validation")
+        with torch.inference_mode():
+            vectors, _ = embed_clips(
+                extractor, self.cache, self.ids, self.cfg.embed, self.cfg.data.sample_rate, False
+            )
+        model.train()
+        return equal_error_rate(cosine_pairs(vectors, self.left, self.right), self.labels)[0]
+
+
+class TrainingModule(torch.nn.Module):
+    """Embedder + margin head (+ gender head): one module so DDP syncs every gradient."""
+
+    def __init__(self, cfg: ExperimentConfig, n_speakers: int) -> None:
+        super().__init__()
+        self.gender_weight = cfg.head.gender_weight
+        self.model = build_embedder(cfg.features, cfg.model, cfg.data.sample_rate)
+        self.head = build_head(cfg.head, cfg.model.embedding_dim, n_speakers)
+        self.gender = build_gender_head(cfg.head, cfg.model.embedding_dim)
+
+    def forward(
+        self, waves: torch.Tensor, labels: torch.Tensor, genders: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
+        """Speaker margin loss plus the weighted auxiliary gender loss; and accuracy."""
+        embeddings = self.model(waves).float()  # (batch, dim)
+        loss, accuracy = self.head(embeddings, labels)
+        if self.gender is not None:
+            loss = loss + self.gender_weight * self.gender(embeddings, genders).loss
+        return loss, accuracy
+
+
+def build_training_objects(cfg: ExperimentConfig, n_speakers: int, device: torch.device):
+    """Training module (optionally initialised from a checkpoint) and its optimiser."""
+    modules = TrainingModule(cfg, n_speakers)
+    if cfg.train.init_checkpoint is not None:
+        state = load_checkpoint(cfg.train.init_checkpoint)
+        weights = state["model"] if "model" in state else state["modules"]
+        modules.model.load_state_dict(
+            {
+                k.removeprefix("model."): v
+                for k, v in weights.items()
+                if not k.startswith(("head.", "gender."))
+            }
+        )
+        log.info("fine-tuning from %s", cfg.train.init_checkpoint)
+    modules.to(device)
+    params = modules.parameters()
+    if cfg.train.optimizer == "sgd":
+        optimiser = torch.optim.SGD(
+            params,
+            lr=cfg.train.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=cfg.train.weight_decay,
+        )
+    else:
+        optimiser = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return modules, optimiser
+
+
+def train_stage(
+    cfg: ExperimentConfig, fold: int, resume: bool = False, force: bool = False
+) -> Path:
+    """Train fold ``fold``; returns the path of its best checkpoint."""
+    out = cfg.fold_dir(fold)
+    stamp = training_fingerprint(cfg)
+    if not force and not resume and is_fresh(out, "train", stamp, [out / "best.pt"]):
+        log.info("train fold %d: unchanged, reusing %s", fold, out / "best.pt")
+        return out / "best.pt"
+    device = pick_device(cfg.train.device)
+    ctx = init_distributed(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    seed_everything(cfg.seed + fold)
+
+    train_files, _, trials = fold_split(cfg, fold)
+    cache = AudioCache(cfg.paths.prep_dir)
+    data = TrainingSet.from_files(train_files)
+    validation = ValidationSet(cfg, cache, trials)
+    steps = steps_per_epoch(cfg.train, len(data.ids))
+    modules, optimiser = build_training_objects(cfg, len(data.speakers), device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule_for(cfg.train, steps))
+    use_amp = cfg.train.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    trainable = modules
+    if ctx.enabled:
+        trainable = DistributedDataParallel(
+            modules, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    state = {"epoch": 0, "best_eer": float("inf"), "stale": 0, "history": []}
+    last = out / "last.pt"
+    if not force and last.is_file():
+        saved = load_checkpoint(last, device)
+        if saved.get("fingerprint") == stamp:
+            modules.load_state_dict(saved["modules"])
+            optimiser.load_state_dict(saved["optimiser"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            state = saved["state"]
+            torch.set_rng_state(saved["torch_rng"].cpu())
+            log.info("train fold %d: resuming after epoch %d", fold, state["epoch"])
+        elif resume:
+            raise RuntimeError(f"{last} was trained with another config or data; use --force")
+    elif resume:
+        raise FileNotFoundError(f"--resume: no checkpoint {last} to resume from")
+    if ctx.is_main:
+        write_text(out / "config.yaml", config_to_yaml(cfg))
+        log.info(
+            "train fold %d: %d speakers, %d clips, %d steps/epoch, %d params, device %s",
+            fold,
+            len(data.speakers),
+            len(data.ids),
+            steps,
+            sum(p.numel() for p in modules.model.parameters()),
+            device,
+        )
+    augment = build_waveform_augment(cfg.augment, cfg.data.sample_rate)
+
+    while state["epoch"] < cfg.train.epochs and state["stale"] < cfg.train.patience:
+        epoch = state["epoch"]
+        started = time.perf_counter()
+        batches = BalancedBatches(
+            data,
+            cache,
+            cfg.train,
+            cfg.data.sample_rate,
+            cfg.seed + fold,
+            epoch,
+            list(range(ctx.rank, steps, ctx.world_size)),
+            augment,
+        )
+        loader = DataLoader(
+            batches,
+            batch_size=None,
+            num_workers=cfg.train.workers,
+            persistent_workers=False,
+            pin_memory=device.type == "cuda",
+        )
+        totals = run_epoch(
+            cfg, trainable, modules, optimiser, scheduler, scaler, loader, device, epoch
+        )
+        val_eer = broadcast_float(
+            validation.eer(modules.model, device) if ctx.is_main else 0.0, ctx
+        )
+        seconds = time.perf_counter() - started
+        state["epoch"] = epoch + 1
+        improved = val_eer < state["best_eer"]
+        state["stale"] = 0 if improved else state["stale"] + 1
+        state["best_eer"] = min(state["best_eer"], val_eer)
+        row = {
+            "epoch": epoch + 1,
+            **totals,
+            "val_eer": val_eer,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": seconds,
+        }
+        state["history"].append(row)
+        if ctx.is_main:
+            log.info(
+                "fold %d epoch %d: loss %.3f acc %.3f val EER %.4f (%.0f s)",
+                fold,
+                epoch + 1,
+                totals["loss"],
+                totals["accuracy"],
+                val_eer,
+                seconds,
+            )
+            save_epoch(cfg, out, modules, optimiser, scheduler, scaler, state, stamp, improved)
+        barrier(ctx)
+    if ctx.is_main:
+        mark_done(out, "train", stamp)
+    return out / "best.pt"
+
+
+def run_epoch(
+    cfg, trainable, modules, optimiser, scheduler, scaler, loader, device, epoch
+) -> dict[str, float]:
+    """One pass over the epoch's batches; returns mean loss and accuracy."""
+    trainable.train()
+    totals = {"loss": 0.0, "accuracy": 0.0}
+    count = 0
+    for step, (waves, labels, genders) in enumerate(
+        tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
+    ):
+        modules.head.set_margin(margin_at_epoch(cfg.head, epoch + step / max(1, len(loader))))
+        waves, labels, genders = (t.to(device, non_blocking=True) for t in (waves, labels, genders))
+        with torch.autocast(device.type, enabled=cfg.train.amp and device.type == "cuda"):
+            loss, accuracy = trainable(waves, labels, genders)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.train.grad_clip > 0:
+            scaler.unscale_(optimiser)
+            torch.nn.utils.clip_grad_norm_(modules.parameters(), cfg.train.grad_clip)
+        scaler.step(optimiser)
+        scaler.update()
+        scheduler.step()
+        totals["loss"] += float(loss.detach())
+        totals["accuracy"] += float(accuracy)
+        count += 1
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def save_epoch(
+    cfg, out: Path, modules, optimiser, scheduler, scaler, state: dict, stamp: str, improved: bool
+) -> None:
+    """``last.pt`` (everything needed to resume), ``best.pt`` (model only) and history.csv."""
+    config = cfg.model_dump(mode="json")
+    save_checkpoint(
+        out / "last.pt",
+        {
+            "modules": modules.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": state,
+            "torch_rng": torch.get_rng_state(),
+            "fingerprint": stamp,
+            "config": config,
+        },
+    )
+    if improved:
+        best = {
+            "model": modules.model.state_dict(),
+            "config": config,
+            "epoch": state["epoch"],
+            "val_eer": state["best_eer"],
+        }
+        if modules.gender is not None:
+            best["gender"] = modules.gender.state_dict()
+        save_checkpoint(out / "best.pt", best)
+    write_csv(out / "history.csv", pd.DataFrame(state["history"]))
+
+
+def seconds_per_epoch(history: pd.DataFrame) -> float:
+    return float(np.median(history["seconds"])) if len(history) else float("nan")

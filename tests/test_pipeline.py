@@ -1,0 +1,104 @@
+"""First level end to end on a tiny data set: train (with resume), embed, score."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.data.demo import generate_demo
+from src.data.folds import folds_stage
+from src.data.prepare import prepare_stage
+from src.inference.embed import embed_stage, load_embeddings
+from src.inference.score import score_stage
+from src.training.train import train_stage
+from src.util.io import read_json
+from tests.conftest import config_for
+
+TINY = (
+    "folds.n_folds=2", "model.backbone=resnet18", "model.stem=timm", "model.width=0.125",
+    "model.embedding_dim=32", "features.n_mels=40", "train.epochs=2", "train.batch_size=16",
+    "train.steps_per_epoch=3", "train.crop_seconds=[0.5,1.0]", "embed.window_seconds=1.0",
+    "embed.hop_seconds=0.5", "score.asnorm_top_k=5", "augment.enabled=false",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    generate_demo(root / "data", n_speakers=8, clips_per_speaker=4, n_test_speakers=4,
+                  test_clips_per_speaker=3, seed=3)  # fmt: skip
+    cfg = config_for(root / "data", root, *TINY)
+    prepare_stage(cfg)
+    folds_stage(cfg)
+    return cfg
+
+
+def test_train_writes_checkpoints_and_history(tiny_experiment) -> None:
+    cfg = tiny_experiment
+    best = train_stage(cfg, 0)
+    history = pd.read_csv(best.parent / "history.csv")
+    assert best.is_file() and (best.parent / "last.pt").is_file()
+    assert list(history["epoch"]) == [1, 2] and history["val_eer"].between(0, 1).all()
+    assert (best.parent / "config.yaml").is_file()
+
+
+def test_rerun_skips_and_resume_continues(tiny_experiment, caplog) -> None:
+    cfg = tiny_experiment
+    train_stage(cfg, 0)
+    with caplog.at_level("INFO"):
+        train_stage(cfg, 0)
+    assert "unchanged, reusing" in caplog.text
+    longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 3})})
+    with pytest.raises(RuntimeError, match="another config"):
+        train_stage(longer, 0, resume=True)
+
+
+def test_resume_matches_uninterrupted_run(tiny_experiment, tmp_path: Path, monkeypatch) -> None:
+    """A run interrupted after epoch 2 and resumed equals a run of 3 epochs in one go."""
+    import src.training.train as train_module
+
+    def with_outputs(folder: str):
+        paths = tiny_experiment.paths.model_copy(
+            update={"outputs": tmp_path / folder, "prep": tiny_experiment.paths.prep_dir}
+        )
+        train = tiny_experiment.train.model_copy(update={"epochs": 3})
+        return tiny_experiment.model_copy(update={"paths": paths, "train": train})
+
+    straight = pd.read_csv(train_stage(with_outputs("a"), 1).parent / "history.csv")
+    original_save = train_module.save_epoch
+
+    def crash_after_epoch_two(*args, **kwargs):
+        original_save(*args, **kwargs)
+        if args[6]["epoch"] == 2:  # state dict
+            raise KeyboardInterrupt("simulated crash")
+
+    interrupted = with_outputs("b")
+    monkeypatch.setattr(train_module, "save_epoch", crash_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(interrupted, 1)
+    monkeypatch.setattr(train_module, "save_epoch", original_save)
+    resumed = pd.read_csv(train_stage(interrupted, 1, resume=True).parent / "history.csv")
+    assert list(resumed["epoch"]) == [1, 2, 3]
+    np.testing.assert_allclose(resumed["loss"], straight["loss"], rtol=1e-5)
+    np.testing.assert_allclose(resumed["val_eer"], straight["val_eer"], atol=1e-9)
+
+
+def test_embed_and_score(tiny_experiment) -> None:
+    cfg = tiny_experiment
+    for fold in range(2):
+        train_stage(cfg, fold)
+        path = embed_stage(cfg, fold)
+        emb = load_embeddings(path)
+        assert set(emb["role"]) == {"oof", "test", "cohort"}
+        np.testing.assert_allclose(np.linalg.norm(emb["vectors"], axis=1), 1.0, atol=1e-4)
+    score_stage(cfg)
+    oof = pd.read_csv(cfg.experiment_dir / "oof_scores.csv")
+    test = pd.read_csv(cfg.experiment_dir / "test_scores.csv")
+    assert {"fold", "cosine", "asnorm", "q_norm_1", "q_cohort_2"} <= set(oof.columns)
+    assert {"cosine_fold0", "asnorm_fold1", "asnorm"} <= set(test.columns)
+    pairs = pd.read_csv(cfg.paths.input / "public-test.csv")
+    assert (test["audio_1"] == pairs["audio_1"]).all() and len(test) == len(pairs)
+    metrics = read_json(cfg.experiment_dir / "metrics.json")
+    assert 0 <= metrics["oof"]["asnorm"]["eer"] <= 1
+    assert "accuracy_balanced_0.5" in metrics["test"]["asnorm"]
