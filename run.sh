@@ -22,11 +22,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
-if ! "$PY" -c "import torch, timm, lightgbm" 2>/dev/null; then
-  echo "run.sh: dependencies missing; install them with: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt" >&2
-  exit 1
-fi
+bash scripts/setup_env.sh
+PY=.venv/bin/python
 
 input_dir=$("$PY" -m src show-config --config "$config" "${extra[@]}" | "$PY" -c "import sys, yaml; print(yaml.safe_load(sys.stdin)['paths']['input'])")
 if [[ -z "$(ls -A "$input_dir" 2>/dev/null | grep -v '^.gitkeep$' || true)" ]]; then
