@@ -56,19 +56,24 @@ def save_resolved_config(cfg: ExperimentConfig, folder: Path) -> None:
     write_text(folder / "config.yaml", config_to_yaml(cfg))
 
 
-def run_stage(stage: str, cfg: ExperimentConfig, args: argparse.Namespace) -> None:
-    """Run one stage (each fold in turn for per-fold stages unless ``--fold`` picks one)."""
-    seed_everything(cfg.seed)
+def call_stage(stage: str, cfg: ExperimentConfig, fold: int | None = None, **options: bool) -> None:
+    """Run one stage, every fold in turn for per-fold stages unless ``fold`` picks one.
+
+    Options such as ``force`` and ``resume`` are passed to the stages that take them.
+    """
     function = _resolve(stage)
     accepted = inspect.signature(function).parameters
-    options = {"force": args.force, "resume": args.resume}
     kwargs = {name: value for name, value in options.items() if name in accepted}
     if stage in PER_FOLD:
-        folds = [args.fold] if args.fold is not None else range(cfg.folds.n_folds)
-        for fold in folds:
-            function(cfg, fold, **kwargs)
+        for k in [fold] if fold is not None else range(cfg.folds.n_folds):
+            function(cfg, k, **kwargs)
     else:
         function(cfg, **kwargs)
+
+
+def run_stage(stage: str, cfg: ExperimentConfig, args: argparse.Namespace) -> None:
+    seed_everything(cfg.seed)
+    call_stage(stage, cfg, args.fold, force=args.force, resume=args.resume)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,7 +125,9 @@ def _decode_all(
 
 def _collect(results, cache, rows: list[dict], skipped: list[SkippedFile], total: int) -> int:
     offset = 0
-    for source, samples, facts, error in tqdm(results, total=total, desc="decode", unit="file"):
+    for source, samples, facts, error in tqdm(
+        results, total=total, desc="decode", unit="file", disable=None
+    ):
         if error and samples is not None:
             log.warning("%s: %s", source.path, error)
         elif error:

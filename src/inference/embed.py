@@ -49,7 +49,9 @@ def embed_clips(
     window_vectors: dict[int, list[tuple[float, np.ndarray]]] = {}
     max_samples = int(cfg.batch_seconds * sample_rate)
     batches = list(batches_by_length(windows, max_samples))
-    for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress, leave=False):
+    for batch in tqdm(
+        batches, desc="embed", unit="batch", disable=None if progress else True, leave=False
+    ):
         waves = np.stack([cache.samples(ids[w.clip])[w.start : w.start + w.length] for w in batch])
         vectors = extractor.embed(waves)  # (batch, dim), unit length
         for w, vec, wave in zip(batch, vectors, waves, strict=True):

@@ -144,6 +144,11 @@ def train_stage(
 ) -> Path:
     """Train fold ``fold``; returns the path of its best checkpoint."""
     out = cfg.fold_dir(fold)
+    if cfg.extractor.kind != "cnn":
+        log.info(
+            "train fold %d: extractor %r is pretrained, nothing to train", fold, cfg.extractor.kind
+        )
+        return out / "best.pt"
     stamp = training_fingerprint(cfg)
     if not force and not resume and is_fresh(out, "train", stamp, [out / "best.pt"]):
         log.info("train fold %d: unchanged, reusing %s", fold, out / "best.pt")
@@ -262,7 +267,7 @@ def run_epoch(
     totals = {"loss": 0.0, "accuracy": 0.0}
     count = 0
     for step, (waves, labels, genders) in enumerate(
-        tqdm(loader, desc=f"epoch {epoch + 1}", leave=False)
+        tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=None)
     ):
         modules.head.set_margin(margin_at_epoch(cfg.head, epoch + step / max(1, len(loader))))
         waves, labels, genders = (t.to(device, non_blocking=True) for t in (waves, labels, genders))
