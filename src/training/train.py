@@ -163,7 +163,9 @@ def train_stage(
     cache = AudioCache(cfg.paths.prep_dir)
     data = TrainingSet.from_files(train_files)
     validation = ValidationSet(cfg, cache, trials)
-    steps = steps_per_epoch(cfg.train, len(data.ids))
+    # every rank takes the same number of steps (a DDP requirement); batches are drawn by
+    # global step number, so ranks never share a batch
+    steps = -(-steps_per_epoch(cfg.train, len(data.ids)) // ctx.world_size)
     modules, optimiser = build_training_objects(cfg, len(data.speakers), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule_for(cfg.train, steps))
     use_amp = cfg.train.amp and device.type == "cuda"
@@ -213,7 +215,7 @@ def train_stage(
             cfg.data.sample_rate,
             cfg.seed + fold,
             epoch,
-            list(range(ctx.rank, steps, ctx.world_size)),
+            [ctx.rank + ctx.world_size * i for i in range(steps)],
             augment,
         )
         loader = DataLoader(
