@@ -102,3 +102,24 @@ def test_embed_and_score(tiny_experiment) -> None:
     metrics = read_json(cfg.experiment_dir / "metrics.json")
     assert 0 <= metrics["oof"]["asnorm"]["eer"] <= 1
     assert "accuracy_balanced_0.5" in metrics["test"]["asnorm"]
+
+
+def test_fine_tuning_starts_from_checkpoint(tiny_experiment, tmp_path: Path) -> None:
+    import torch
+
+    from src.training.train import TrainingModule, load_pretrained_embedder
+
+    cfg = tiny_experiment
+    source = train_stage(cfg, 0)
+    module = TrainingModule(cfg, n_speakers=3)
+    load_pretrained_embedder(module.model, source)
+    saved = torch.load(source, weights_only=False)["model"]
+    for name, value in module.model.state_dict().items():
+        torch.testing.assert_close(value, saved[name])
+    paths = cfg.paths.model_copy(update={"outputs": tmp_path, "prep": cfg.paths.prep_dir})
+    train = cfg.train.model_copy(update={"init_checkpoint": source, "lr": 1e-4, "epochs": 1})
+    tuned = cfg.model_copy(update={"paths": paths, "train": train})
+    assert train_stage(tuned, 1).is_file()
+    wider = cfg.model_copy(update={"model": cfg.model.model_copy(update={"embedding_dim": 48})})
+    with pytest.raises(RuntimeError, match="does not fit this model config"):
+        load_pretrained_embedder(TrainingModule(wider, 3).model, source)

@@ -110,19 +110,32 @@ class TrainingModule(torch.nn.Module):
         return loss, accuracy
 
 
+def load_pretrained_embedder(model: torch.nn.Module, path: Path) -> None:
+    """Initialise an embedder from a ``best.pt``/``last.pt`` of an earlier run (fine-tuning).
+
+    The speaker head is not loaded: the new data has other speakers.
+    """
+    state = load_checkpoint(path)
+    weights = state["model"] if "model" in state else state["modules"]
+    weights = {
+        k.removeprefix("model."): v
+        for k, v in weights.items()
+        if not k.startswith(("head.", "gender."))
+    }
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"init_checkpoint {path} does not fit this model config (the model, features and "
+            f"embedding settings must match the run that wrote it): {str(err)[:300]}"
+        ) from None
+
+
 def build_training_objects(cfg: ExperimentConfig, n_speakers: int, device: torch.device):
     """Training module (optionally initialised from a checkpoint) and its optimiser."""
     modules = TrainingModule(cfg, n_speakers)
     if cfg.train.init_checkpoint is not None:
-        state = load_checkpoint(cfg.train.init_checkpoint)
-        weights = state["model"] if "model" in state else state["modules"]
-        modules.model.load_state_dict(
-            {
-                k.removeprefix("model."): v
-                for k, v in weights.items()
-                if not k.startswith(("head.", "gender."))
-            }
-        )
+        load_pretrained_embedder(modules.model, cfg.train.init_checkpoint)
         log.info("fine-tuning from %s", cfg.train.init_checkpoint)
     modules.to(device)
     params = modules.parameters()
