@@ -1,0 +1,1 @@
+"""HTTP inference API: the trained fold ensemble behind ``POST /api/predict``."""
