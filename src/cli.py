@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         run_stage(args.stage, cfg, args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: missing file, disk full, ...
         log.error("%s failed: %s", args.stage, err)
         return 1
     return 0

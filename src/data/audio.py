@@ -58,7 +58,8 @@ def rms_dbfs(samples: np.ndarray) -> float:
     """Root-mean-square level in dB relative to full scale (-inf for digital silence)."""
     if samples.size == 0:
         return float("-inf")
-    power = float(np.mean(np.square(samples, dtype=np.float64)))
+    # float64 accumulation without a float64 copy of the clip (einsum buffers in small blocks)
+    power = float(np.einsum("i,i->", samples, samples, dtype=np.float64)) / samples.size
     return 10.0 * np.log10(power) if power > 0 else float("-inf")
 
 
@@ -68,7 +69,8 @@ def estimate_snr_db(samples: np.ndarray, rate: int, frame_seconds: float = 0.025
     n_frames = samples.size // frame
     if n_frames < 4:
         return 0.0
-    energy = np.mean(np.square(samples[: n_frames * frame].reshape(n_frames, frame)), axis=1)
+    frames = samples[: n_frames * frame].reshape(n_frames, frame)
+    energy = np.einsum("ij,ij->i", frames, frames) / frame  # no squared copy of the clip
     loud, quiet = np.percentile(energy, [90, 10])
     return float(10.0 * np.log10((loud + 1e-12) / (quiet + 1e-12)))
 
@@ -77,7 +79,8 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     """High-quality resampling with soxr (a no-op when the rates match)."""
     if source_rate == target_rate:
         return samples.astype(np.float32, copy=False)
-    return soxr.resample(samples, source_rate, target_rate, quality="HQ").astype(np.float32)
+    resampled = soxr.resample(samples, source_rate, target_rate, quality="HQ")
+    return resampled.astype(np.float32, copy=False)
 
 
 def read_mono(
@@ -107,7 +110,9 @@ def read_mono(
         raise AudioError(f"corrupt or unreadable audio: {err}") from None
     if data.shape[0] == 0:
         raise AudioError("zero-length audio (no samples)")
-    return data.mean(axis=1, dtype=np.float32), info, stop is not None
+    # one channel: a view, not a copy (a long clip is held once, not twice)
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    return mono, info, stop is not None
 
 
 def decode_audio(
@@ -129,7 +134,8 @@ def decode_audio(
     duration = mono.size / info.samplerate
     if duration < min_seconds:
         raise AudioError(f"too short: {duration:.3f} s < {min_seconds} s")
-    samples = np.clip(resample(mono, info.samplerate, target_rate), -1.0, 1.0)
+    samples = resample(mono, info.samplerate, target_rate)
+    np.clip(samples, -1.0, 1.0, out=samples)  # in place: `mono` is not used again
     level = rms_dbfs(samples)
     if silence_dbfs is not None and level < silence_dbfs:
         raise AudioError(f"silent: RMS {level:.1f} dBFS below {silence_dbfs} dBFS")
@@ -151,14 +157,19 @@ def peak_normalise(samples: np.ndarray, peak: float = 0.95) -> np.ndarray:
     largest = float(np.abs(samples).max()) if samples.size else 0.0
     if largest <= 0.0:
         return samples
-    return (samples * (peak / largest)).astype(np.float32)
+    return (samples * (peak / largest)).astype(np.float32, copy=False)
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
     """Float samples in [-1, 1] to int16 for the cache."""
-    return np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    scaled = np.clip(samples, -1.0, 1.0)
+    scaled *= 32767.0  # in place: one float temporary for a long clip, not three
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int16)
 
 
 def from_int16(samples: np.ndarray) -> np.ndarray:
     """int16 cache samples back to float32 in [-1, 1]."""
-    return samples.astype(np.float32) / 32767.0
+    out = samples.astype(np.float32)
+    out /= 32767.0  # in place: no second float copy of a long clip
+    return out

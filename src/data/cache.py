@@ -51,6 +51,13 @@ class AudioCache:
                 self.manifest["id"], self.manifest["offset"], self.manifest["length"], strict=True
             )
         }
+        ends = self.manifest["offset"] + self.manifest["length"]
+        needed = int(ends.max()) if len(ends) else 0
+        if needed > size:
+            raise RuntimeError(
+                f"{cache_path} holds {size} samples but the manifest needs {needed}: the cache "
+                "does not belong to this manifest; rerun `prepare --force`"
+            )
 
     def __contains__(self, clip_id: str) -> bool:
         return clip_id in self._where

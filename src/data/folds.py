@@ -20,7 +20,7 @@ import pandas as pd
 from src.config import ExperimentConfig, FoldsConfig
 from src.data.cache import read_manifest
 from src.util.io import write_csv
-from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done
+from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,17 @@ def folds_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         return
     files = training_files(read_manifest(cfg.paths.prep_dir))
     speakers = assign_folds(files, cfg.folds.n_folds, cfg.seed)
-    write_csv(out / "folds.csv", speakers)
+    # folds.csv is written last: a run killed half way leaves none, never one beside old trials
+    mark_started(out, "folds", [out / "folds.csv"])
     fold_of = dict(zip(speakers["speaker"], speakers["fold"], strict=True))
     for fold in range(cfg.folds.n_folds):
         fold_files = files[files["speaker"].map(fold_of) == fold]
         trials = make_trials(fold_files, cfg.folds, cfg.seed * 1000 + fold)
+        if trials.empty:
+            raise ValueError(
+                f"fold {fold} has no trials: none of its {fold_files['speaker'].nunique()} "
+                "speakers has two usable training files; use fewer folds or more data"
+            )
         write_csv(out / f"trials_fold{fold}.csv", trials)
         log.info(
             "fold %d: %d speakers, %d files, %s",
@@ -172,4 +178,5 @@ def folds_stage(cfg: ExperimentConfig, force: bool = False) -> None:
             len(fold_files),
             trial_summary(trials, fold_files),
         )
+    write_csv(out / "folds.csv", speakers)
     mark_done(out, "folds", stamp)

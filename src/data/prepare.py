@@ -36,7 +36,7 @@ from src.data.zalo import (
     skipped_frame,
 )
 from src.util.io import atomic_path, write_csv, write_text
-from src.util.stage_cache import fingerprint, is_fresh, mark_done
+from src.util.stage_cache import fingerprint, is_fresh, mark_done, mark_started
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ def _decode_all(
         else:
             offset = _collect(map(_decode_job, jobs), cache, rows, skipped, len(files))
         cache.flush()
+        # the old manifest's offsets point into the old cache: it goes before the cache is replaced
+        (cache_path.parent / "manifest.csv").unlink(missing_ok=True)
     seconds = offset / cfg.sample_rate
     wall = time.perf_counter() - started
     log.info(
@@ -170,6 +172,7 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     if pairs is not None:
         check_pairs_exist(pairs, {f.name for f in files if f.split == "test"}, csv_path)
 
+    mark_started(prep_dir, "prepare")
     prep_dir.mkdir(parents=True, exist_ok=True)
     manifest = _decode_all(files, cfg.data, prep_dir / CACHE_NAME, skipped)
     manifest = _mark_duplicates(manifest)
@@ -181,6 +184,8 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         except DataLayoutError as err:
             raise DataLayoutError(f"{err} (reasons in {prep_dir / 'bad_files.csv'})") from None
         write_csv(prep_dir / "test_pairs.csv", pairs)
+    else:  # an earlier run's pairs must not outlive the CSV they came from
+        (prep_dir / "test_pairs.csv").unlink(missing_ok=True)
     write_csv(prep_dir / "manifest.csv", manifest)
     _log_counts(manifest, skipped)
     write_text(

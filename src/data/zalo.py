@@ -56,6 +56,11 @@ def _utf8_name(path: Path) -> bool:
     return True
 
 
+def _shown(path: Path) -> str:
+    """A path as text that can be written to a UTF-8 file (undecodable bytes as escapes)."""
+    return str(path) if _utf8_name(path) else repr(str(path))
+
+
 def _audio_files(
     folder: Path, split: str, cfg: DataConfig, skipped: list[SkippedFile]
 ) -> list[Path]:
@@ -63,7 +68,7 @@ def _audio_files(
     files = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         if not _utf8_name(path):
-            skipped.append(SkippedFile(repr(str(path)), split, "file name is not valid UTF-8"))
+            skipped.append(SkippedFile(_shown(path), split, "file name is not valid UTF-8"))
         elif path.suffix.lower() not in cfg.extensions:
             reason = f"unsupported extension {path.suffix or '(none)'!r}"
             skipped.append(SkippedFile(str(path), split, reason))
@@ -83,7 +88,7 @@ def scan_train(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[
         if match is None:
             reason = f"speaker folder {folder.name!r} is not in <id>-<gender>-<age> form"
             skipped.extend(
-                SkippedFile(str(p), "train", reason) for p in folder.rglob("*") if p.is_file()
+                SkippedFile(_shown(p), "train", reason) for p in folder.rglob("*") if p.is_file()
             )
             log.warning("skipping %s", reason)
             continue
@@ -141,6 +146,8 @@ def read_pair_csv(csv_path: Path) -> pd.DataFrame:
         raise DataLayoutError(
             f"{csv_path}: missing column(s) {missing}; found {list(pairs.columns)}"
         )
+    if pairs.empty:
+        raise DataLayoutError(f"{csv_path}: no pairs, only a header")
     extra = [c for c in pairs.columns if c not in PAIR_COLUMNS]
     if extra:
         log.warning("%s: ignoring extra column(s) %s", csv_path, extra)

@@ -23,7 +23,7 @@ from src.data.folds import training_files
 from src.inference.extractors import EmbeddingExtractor, build_extractor
 from src.inference.windows import batches_by_length, clip_windows, energy_mask
 from src.util.io import write_npz
-from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done
+from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,18 @@ def embed_clips(
     window_vectors: dict[int, list[tuple[float, np.ndarray]]] = {}
     max_samples = int(cfg.batch_seconds * sample_rate)
     batches = list(batches_by_length(windows, max_samples))
+    clip_index, clip = -1, None  # the clip being cut into windows
     for batch in tqdm(
         batches, desc="embed", unit="batch", disable=None if progress else True, leave=False
     ):
-        waves = np.stack([cache.samples(ids[w.clip])[w.start : w.start + w.length] for w in batch])
+        waves = np.empty((len(batch), batch[0].length), dtype=np.float32)  # (batch, samples)
+        for row, w in enumerate(batch):
+            # windows come clip by clip: read each clip once, not once per window (a 10-minute
+            # clip has hundreds of windows, and each slice would keep its whole copy alive)
+            if w.clip != clip_index:
+                clip = None  # let the previous clip go before reading the next
+                clip_index, clip = w.clip, cache.samples(ids[w.clip])
+            waves[row] = clip[w.start : w.start + w.length]
         vectors = extractor.embed(waves)  # (batch, dim), unit length
         for w, vec, wave in zip(batch, vectors, waves, strict=True):
             if cfg.drop_low_energy_db is None:
@@ -110,6 +118,7 @@ def embed_stage(cfg: ExperimentConfig, fold: int, force: bool = False) -> Path:
     if not force and is_fresh(out.parent, "embed", stamp, [out]):
         log.info("embed fold %d: unchanged, reusing %s", fold, out)
         return out
+    mark_started(out.parent, "embed")
     manifest = read_manifest(cfg.paths.prep_dir)
     cache = AudioCache(cfg.paths.prep_dir, manifest)
     roles = embedding_roles(cfg, manifest, fold)

@@ -29,7 +29,7 @@ from src.data.zalo import read_pair_csv
 from src.inference.embed import load_embeddings
 from src.inference.metrics import accuracy_at, balanced_threshold, summarise
 from src.util.io import write_csv, write_json
-from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done
+from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,8 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     if not force and is_fresh(exp, "score", stamp, outputs):
         log.info("score: unchanged, reusing %s", exp)
         return
+    # no mix of old and new score tables for the stack stage to read if this run dies
+    mark_started(exp, "score", [*outputs, exp / "test_scores.csv"])
     pairs = test_pairs(cfg)
     oof_parts, test_parts = [], []
     for k in range(k_folds):

@@ -44,7 +44,10 @@ def read_csv(path: Path, required: list[str], what: str) -> pd.DataFrame:
     """Read a CSV and check it has ``required`` columns; ids are kept as strings."""
     if not path.is_file():
         raise StageInputError(f"{what} not found: {path}")
-    frame = pd.read_csv(path, dtype={"audio_1": str, "audio_2": str, "id": str, "name": str})
+    try:
+        frame = pd.read_csv(path, dtype={"audio_1": str, "audio_2": str, "id": str, "name": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise StageInputError(f"{what} {path} is not a readable CSV: {err}") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise StageInputError(f"{path}: missing columns {missing} (has {list(frame.columns)})")
@@ -155,4 +158,6 @@ def test_gender_by_name(p_male: pd.Series, manifest: pd.DataFrame) -> pd.Series:
 def read_test_pairs(path: Path) -> pd.DataFrame:
     """``public-test.csv``: the pairs (file names) a submission must label, in order."""
     frame = read_csv(path, PAIR_KEYS, "test pair list")
+    if frame.empty:
+        raise StageInputError(f"{path}: no pairs to label, only a header")
     return frame[PAIR_KEYS].astype(str)

@@ -31,6 +31,7 @@ import pandas as pd
 from src.config import ExperimentConfig, StackConfig, config_to_yaml
 from src.inference.metrics import equal_error_rate, summarise
 from src.util.io import write_csv, write_json, write_text
+from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 from .adversarial import write_adversarial
 from .features import MissingIdError, audio_table, feature_table, metadata_features
@@ -332,7 +333,26 @@ def run_stack(
     return StackResult(oof, test, importances, metrics, {k: f.splits for k, f in fits.items()})
 
 
-def stack_stage(cfg: ExperimentConfig) -> None:
-    """CLI entry: stack ``cfg.stack.experiments`` (default: the config's own experiment)."""
+STACK_INPUTS = ("oof_scores.csv", "test_scores.csv", "gender_oof.csv", "gender_test.csv")
+STACK_OUTPUTS = ("oof_predictions.csv", "test_predictions.csv", "importances.csv", "metrics.json")
+
+
+def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:
+    """CLI entry: stack ``cfg.stack.experiments`` (default: the config's own experiment).
+
+    Skipped when the score tables, the manifest and ``cfg.stack`` are unchanged since the last
+    complete run (``force`` redoes it).
+    """
     names = cfg.stack.experiments or [cfg.experiment]
-    run_stack(cfg, [cfg.paths.outputs / name for name in names])
+    dirs = [cfg.paths.outputs / name for name in names]
+    out_dir = cfg.paths.outputs / "stack"
+    inputs = [d / f for d in dirs for f in STACK_INPUTS] + [cfg.paths.prep_dir / "manifest.csv"]
+    stamp = fingerprint(
+        cfg.stack.model_dump(mode="json"), cfg.seed, names, files_fingerprint(inputs)
+    )
+    if not force and is_fresh(out_dir, "stack", stamp, [out_dir / f for f in STACK_OUTPUTS]):
+        log.info("stack: unchanged, reusing %s", out_dir)
+        return
+    mark_started(out_dir, "stack", [out_dir / f for f in STACK_OUTPUTS])
+    run_stack(cfg, dirs, out_dir)
+    mark_done(out_dir, "stack", stamp)

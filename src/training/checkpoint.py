@@ -21,7 +21,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
         raise FileNotFoundError(f"checkpoint {path} not found: train this fold first")
     try:
         return torch.load(path, map_location=device, weights_only=False)
-    except (RuntimeError, EOFError, OSError) as err:
+    except Exception as err:  # truncated zip, foreign bytes (UnpicklingError), I/O error, ...
         raise RuntimeError(
             f"checkpoint {path} is unreadable ({err}); retrain with --force"
         ) from None

@@ -36,7 +36,7 @@ from src.training.device import barrier, broadcast_float, init_distributed, pick
 from src.training.schedule import schedule_for
 from src.util.io import write_csv, write_text
 from src.util.seed import seed_everything
-from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done
+from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ def train_stage(
     if not force and not resume and is_fresh(out, "train", stamp, [out / "best.pt"]):
         log.info("train fold %d: unchanged, reusing %s", fold, out / "best.pt")
         return out / "best.pt"
+    # from here best.pt may be overwritten by this run: a kill must not leave it looking finished
+    mark_started(out, "train")
     device = pick_device(cfg.train.device)
     ctx = init_distributed(device)
     if ctx.enabled and device.type == "cuda":
@@ -305,8 +307,22 @@ def run_epoch(
 def save_epoch(
     cfg, out: Path, modules, optimiser, scheduler, scaler, state: dict, stamp: str, improved: bool
 ) -> None:
-    """``last.pt`` (everything needed to resume), ``best.pt`` (model only) and history.csv."""
+    """``best.pt`` (model only), ``last.pt`` (everything needed to resume) and history.csv.
+
+    ``best.pt`` goes first: a run killed between the two writes then resumes from the previous
+    epoch and redoes this one, instead of resuming past an improvement that was never saved.
+    """
     config = cfg.model_dump(mode="json")
+    if improved:
+        best = {
+            "model": modules.model.state_dict(),
+            "config": config,
+            "epoch": state["epoch"],
+            "val_eer": state["best_eer"],
+        }
+        if modules.gender is not None:
+            best["gender"] = modules.gender.state_dict()
+        save_checkpoint(out / "best.pt", best)
     save_checkpoint(
         out / "last.pt",
         {
@@ -320,16 +336,6 @@ def save_epoch(
             "config": config,
         },
     )
-    if improved:
-        best = {
-            "model": modules.model.state_dict(),
-            "config": config,
-            "epoch": state["epoch"],
-            "val_eer": state["best_eer"],
-        }
-        if modules.gender is not None:
-            best["gender"] = modules.gender.state_dict()
-        save_checkpoint(out / "best.pt", best)
     write_csv(out / "history.csv", pd.DataFrame(state["history"]))
 
 

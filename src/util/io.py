@@ -38,8 +38,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file for writing that replaces ``path`` only when closed cleanly."""
-    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+    """Open a temporary file for writing that replaces ``path`` only when closed cleanly.
+
+    Text is always UTF-8 (what every reader here assumes), whatever the machine's locale.
+    """
+    encoding = None if "b" in mode else "utf-8"
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as handle:
         yield handle
 
 

@@ -2,6 +2,8 @@
 
 A rerun whose fingerprint matches the stored one (and whose outputs still exist) is skipped; any
 change of an input file (size or modification time) or of the config section redoes the stage.
+A stage removes its stamp when it starts rewriting (:func:`mark_started`) and writes it last
+(:func:`mark_done`), so a crash in between is always redone, never reused.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
     return fingerprint([file_signature(p) for p in sorted(paths) if p.exists()])
 
 
+def stamp_path(stage_dir: Path, stage: str) -> Path:
+    return Path(stage_dir) / f"{STAMP_NAME[:-5]}.{stage}.json"
+
+
 def is_fresh(stage_dir: Path, stage: str, stamp: str, outputs: Iterable[Path] = ()) -> bool:
     """True when ``stage_dir`` holds a stamp for ``stage`` equal to ``stamp`` and all outputs."""
-    stamp_file = stage_dir / f"{STAMP_NAME[:-5]}.{stage}.json"
+    stamp_file = stamp_path(stage_dir, stage)
     if not stamp_file.is_file():
         return False
     try:
@@ -45,7 +51,17 @@ def is_fresh(stage_dir: Path, stage: str, stamp: str, outputs: Iterable[Path] = 
     return stored == stamp and all(Path(p).exists() for p in outputs)
 
 
+def mark_started(stage_dir: Path, stage: str, stale: Iterable[Path] = ()) -> None:
+    """Forget a stage's stamp (and ``stale`` outputs) before the stage rewrites its outputs.
+
+    A run killed half way then leaves no stamp, so the next run redoes the stage instead of
+    trusting outputs that are part old, part new; ``stale`` names outputs that must not be read
+    together with the new ones (e.g. old score tables beside new ones, read by the stack stage).
+    """
+    stamp_path(stage_dir, stage).unlink(missing_ok=True)
+    for path in stale:
+        Path(path).unlink(missing_ok=True)
+
+
 def mark_done(stage_dir: Path, stage: str, stamp: str) -> None:
-    write_json(
-        stage_dir / f"{STAMP_NAME[:-5]}.{stage}.json", {"stage": stage, "fingerprint": stamp}
-    )
+    write_json(stamp_path(stage_dir, stage), {"stage": stage, "fingerprint": stamp})
