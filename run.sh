@@ -28,7 +28,12 @@ PY=.venv/bin/python
 input_dir=$("$PY" -m src show-config --config "$config" "${extra[@]}" | "$PY" -c "import sys, yaml; print(yaml.safe_load(sys.stdin)['paths']['input'])")
 if [[ -z "$(ls -A "$input_dir" 2>/dev/null | grep -v '^.gitkeep$' || true)" ]]; then
   echo "run.sh: $input_dir is empty: generating the demo data set there"
-  "$PY" -m src demo --config "$config" --out "$input_dir" "${extra[@]}"
+  partial="${input_dir%/}.demo-partial"  # generated aside, moved in only when complete
+  rm -rf "$partial"
+  "$PY" -m src demo --config "$config" --out "$partial" "${extra[@]}"
+  mkdir -p "$input_dir"
+  mv "$partial"/* "$input_dir"/
+  rmdir "$partial"
 fi
 
 names=(prepare folds train embed score stack submit report)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 
 from src.config import ExperimentConfig, load_config
 
@@ -49,6 +50,16 @@ def make_zalo(root: Path, n_speakers: int = 6, clips: int = 4, n_test: int = 6) 
         root / "public-test.csv", index=False
     )
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test on one torch thread: on a busy shared CPU, two threads can stall for
+    seconds at every barrier (and one thread keeps the arithmetic reproducible)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

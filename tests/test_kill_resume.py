@@ -40,16 +40,6 @@ TINY = (
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_eer", "lr"]  # not "seconds"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process training on one thread: on a busy shared CPU, two threads can stall for
-    seconds at every barrier (and one thread keeps the arithmetic reproducible)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """Demo data (8 speakers x 4 clips), prepared and split into folds, in-process."""

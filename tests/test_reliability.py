@@ -48,16 +48,6 @@ TINY = (
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process training on one thread: on a busy shared CPU, two threads can stall for
-    seconds at every barrier (and one thread keeps the arithmetic reproducible)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tmp_files(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.tmp"))
 
