@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path("bench/speed.json"))
     parser.add_argument("--quick", action="store_true", help="fewer files, skip stacking")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
     args = parser.parse_args(argv)
     setup_logging()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     rows = [bench_decode(cfg, min(args.repeats, 3), 40 if args.quick else 150)]
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
             "command": " ".join(sys.argv),
             "config": str(args.config),
+            "overrides": args.overrides,
             "rows": rows,
         },
     )
