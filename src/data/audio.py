@@ -115,6 +115,24 @@ def read_mono(
     return mono, info, stop is not None
 
 
+def validated_resample(
+    mono: np.ndarray, source_rate: int, target_rate: int, min_seconds: float
+) -> np.ndarray:
+    """Refuse non-finite or too short audio, resample it and clip it to [-1, 1].
+
+    The checks every decoding path shares (files in ``prepare``, uploads in ``serve``). At the
+    target rate already, ``mono`` itself is clipped in place and returned (no copy).
+    """
+    if not np.isfinite(mono).all():
+        raise AudioError("audio contains NaN or infinite samples")
+    duration = mono.size / source_rate
+    if duration < min_seconds:
+        raise AudioError(f"too short: {duration:.3f} s < {min_seconds:g} s")
+    samples = resample(mono, source_rate, target_rate)
+    np.clip(samples, -1.0, 1.0, out=samples)
+    return samples
+
+
 def decode_audio(
     path: str | Path,
     target_rate: int = 16000,
@@ -129,13 +147,7 @@ def decode_audio(
     Clips longer than ``max_seconds`` are truncated (``truncated`` is set).
     """
     mono, info, truncated = read_mono(path, max_seconds)
-    if not np.isfinite(mono).all():
-        raise AudioError("audio contains NaN or infinite samples")
-    duration = mono.size / info.samplerate
-    if duration < min_seconds:
-        raise AudioError(f"too short: {duration:.3f} s < {min_seconds} s")
-    samples = resample(mono, info.samplerate, target_rate)
-    np.clip(samples, -1.0, 1.0, out=samples)  # in place: `mono` is not used again
+    samples = validated_resample(mono, int(info.samplerate), target_rate, min_seconds)
     level = rms_dbfs(samples)
     if silence_dbfs is not None and level < silence_dbfs:
         raise AudioError(f"silent: RMS {level:.1f} dBFS below {silence_dbfs} dBFS")

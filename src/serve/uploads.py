@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from src.data.audio import resample, rms_dbfs
+from src.data.audio import AudioError, rms_dbfs, validated_resample
 
 
 class UploadError(ValueError):
@@ -97,12 +97,10 @@ def decode_upload(
     if frames.shape[0] > limit:
         raise UploadError(400, f"too long: more than {max_seconds:g} s")
     mono = frames.mean(axis=1, dtype=np.float32)  # (samples,)
-    if not np.isfinite(mono).all():
-        raise UploadError(400, "audio contains NaN or infinite samples")
-    duration = mono.size / rate
-    if duration < min_seconds:
-        raise UploadError(400, f"too short: {duration:.3f} s < {min_seconds:g} s")
-    samples = np.clip(resample(mono, rate, target_rate), -1.0, 1.0)
+    try:
+        samples = validated_resample(mono, int(rate), target_rate, min_seconds)
+    except AudioError as err:
+        raise UploadError(400, str(err)) from None
     return DecodedUpload(
         samples=samples,
         rate=target_rate,
