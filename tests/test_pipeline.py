@@ -123,3 +123,25 @@ def test_fine_tuning_starts_from_checkpoint(tiny_experiment, tmp_path: Path) -> 
     wider = cfg.model_copy(update={"model": cfg.model.model_copy(update={"embedding_dim": 48})})
     with pytest.raises(RuntimeError, match="does not fit this model config"):
         load_pretrained_embedder(TrainingModule(wider, 3).model, source)
+
+
+def test_gender_head_predictions_feed_the_stack(tiny_experiment, tmp_path: Path) -> None:
+    from src.stacking.stack import stack_stage
+
+    cfg = tiny_experiment
+    paths = cfg.paths.model_copy(update={"outputs": tmp_path, "prep": cfg.paths.prep_dir})
+    head = cfg.head.model_copy(update={"gender_weight": 0.5})
+    with_gender = cfg.model_copy(update={"paths": paths, "head": head})
+    for fold in range(2):
+        train_stage(with_gender, fold)
+        embed_stage(with_gender, fold)
+        fold_table = pd.read_csv(with_gender.fold_dir(fold) / "gender.csv")
+        assert set(fold_table["role"]) == {"oof", "test"}
+    score_stage(with_gender)
+    oof = pd.read_csv(with_gender.experiment_dir / "gender_oof.csv")
+    test = pd.read_csv(with_gender.experiment_dir / "gender_test.csv")
+    assert oof["p_male"].between(0, 1).all() and test["p_male"].between(0, 1).all()
+    assert oof["id"].is_unique and test["id"].str.startswith("public-test/").all()
+    stack_stage(with_gender)
+    importances = pd.read_csv(tmp_path / "stack" / "importances.csv")
+    assert importances.astype(str).apply(lambda c: c.str.contains("gender")).any().any()

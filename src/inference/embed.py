@@ -20,9 +20,10 @@ from src.config import EmbedConfig, ExperimentConfig
 from src.data.audio import rms_dbfs
 from src.data.cache import AudioCache, read_manifest
 from src.data.folds import training_files
-from src.inference.extractors import EmbeddingExtractor, build_extractor
+from src.inference.extractors import EmbeddingExtractor, ModuleExtractor, build_extractor
+from src.inference.gender import load_gender_head, male_probabilities
 from src.inference.windows import batches_by_length, clip_windows, energy_mask
-from src.util.io import write_npz
+from src.util.io import write_csv, write_npz
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,26 @@ def embed_stage(cfg: ExperimentConfig, fold: int, force: bool = False) -> Path:
         vectors=vectors,
         norms=norms,
     )
+    write_gender_predictions(cfg, fold, extractor, cache, roles)
     mark_done(out.parent, "embed", stamp)
     return out
+
+
+def write_gender_predictions(
+    cfg: ExperimentConfig, fold: int, extractor: EmbeddingExtractor, cache, roles: pd.DataFrame
+) -> None:
+    """``fold{k}/gender.csv`` (id, role, p_male) when the fold model has a gender head."""
+    path = cfg.fold_dir(fold) / "gender.csv"
+    path.unlink(missing_ok=True)  # never leave predictions of an earlier model
+    if not isinstance(extractor, ModuleExtractor):
+        return
+    head = load_gender_head(cfg.fold_dir(fold) / "best.pt", extractor.dim)
+    if head is None:
+        return
+    scored = roles[roles["role"].isin(["oof", "test"])]
+    ids = scored["id"].tolist()
+    p_male = male_probabilities(extractor, head, cache, ids, cfg.data.sample_rate)
+    write_csv(path, pd.DataFrame({"id": ids, "role": scored["role"].to_numpy(), "p_male": p_male}))
 
 
 def embed_with_store(

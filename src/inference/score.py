@@ -27,6 +27,7 @@ import pandas as pd
 from src.config import ExperimentConfig
 from src.data.zalo import read_pair_csv
 from src.inference.embed import load_embeddings
+from src.inference.gender import gather_gender_tables
 from src.inference.metrics import accuracy_at, balanced_threshold, summarise
 from src.util.io import write_csv, write_json
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
@@ -126,7 +127,8 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         log.info("score: unchanged, reusing %s", exp)
         return
     # no mix of old and new score tables for the stack stage to read if this run dies
-    mark_started(exp, "score", [*outputs, exp / "test_scores.csv"])
+    gender_paths = [exp / "gender_oof.csv", exp / "gender_test.csv"]
+    mark_started(exp, "score", [*outputs, exp / "test_scores.csv", *gender_paths])
     pairs = test_pairs(cfg)
     oof_parts, test_parts = [], []
     for k in range(k_folds):
@@ -154,6 +156,7 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         table = _test_table(pairs, test_parts, list(scored.columns))
         write_csv(exp / "test_scores.csv", table)
         metrics["test"] = _test_metrics(cfg, table)
+    write_gender_tables(cfg, gender_paths)
     write_json(exp / "metrics.json", metrics)
     log.info(
         "OOF EER cosine %.4f, asnorm %.4f",
@@ -161,6 +164,16 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         metrics["oof"]["asnorm"]["eer"],
     )
     mark_done(exp, "score", stamp)
+
+
+def write_gender_tables(cfg: ExperimentConfig, paths: list) -> None:
+    """Gather the folds' ``gender.csv`` into ``gender_oof.csv`` and ``gender_test.csv``."""
+    fold_paths = [cfg.fold_dir(k) / "gender.csv" for k in range(cfg.folds.n_folds)]
+    if not all(p.is_file() for p in fold_paths):
+        return
+    tables = [pd.read_csv(p, dtype={"id": str, "role": str}) for p in fold_paths]
+    for path, table in zip(paths, gather_gender_tables(tables), strict=True):
+        write_csv(path, table)
 
 
 def _test_table(pairs: pd.DataFrame, parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
