@@ -8,9 +8,10 @@ Usage::
     .venv/bin/python bench/accuracy.py --config configs/libri.yaml \
         --config configs/libri_resemblyzer.yaml [--data DIR] [--json bench/accuracy.json]
 
-The first config drives stacking, submission and the report (its ``stack.experiments`` names
-the experiments to combine); every config's first level is run (prepare, folds, train, embed,
-score). ``--data`` points every config at another folder (answer key: public-test-labels.csv).
+Every config's first level is run (prepare, folds, train, embed, score); the first config
+drives stacking, submission and the report, stacking every config's experiment together (unless
+``stack.experiments`` is given as an override). ``--data`` points every config at another
+folder (answer key: public-test-labels.csv).
 Finished stages are reused, as in run.sh; ``--force`` redoes them.
 """
 
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     extra = [f"paths.input={args.data}"] if args.data else []
     configs = [load_config(c, [*extra, *args.overrides]) for c in args.config]
+    if not any(o.startswith("stack.experiments=") for o in args.overrides):
+        names = [c.experiment for c in configs]
+        configs[0] = configs[0].model_copy(
+            update={"stack": configs[0].stack.model_copy(update={"experiments": names})}
+        )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     for cfg in configs:
