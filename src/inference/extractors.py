@@ -23,7 +23,7 @@ import torch
 from src.config import ExperimentConfig, FeaturesConfig, ModelConfig
 from src.training.checkpoint import load_checkpoint
 from src.training.device import pick_device
-from src.util.stage_cache import file_signature
+from src.util.stage_cache import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def load_cnn_extractor(checkpoint_path: Path, device: str = "auto") -> ModuleExt
     model.load_state_dict(state["model"])
     model.to(target).eval()
     dim = int(config["model"]["embedding_dim"])
-    return ModuleExtractor(model, target, dim, str(file_signature(checkpoint_path)))
+    return ModuleExtractor(model, target, dim, file_digest(checkpoint_path))
 
 
 def _cnn(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:

@@ -1,7 +1,9 @@
 """Skip finished stages: a stage stores a fingerprint of its inputs and config with its outputs.
 
 A rerun whose fingerprint matches the stored one (and whose outputs still exist) is skipped; any
-change of an input file (size or modification time) or of the config section redoes the stage.
+change of an input file's content or of the config section redoes the stage. Intermediate files
+are fingerprinted by content (a rerun that rewrites identical bytes does not invalidate what
+follows); raw audio folders, too large to hash on every run, by size and modification time.
 A stage removes its stamp when it starts rewriting (:func:`mark_started`) and writes it last
 (:func:`mark_done`), so a crash in between is always redone, never reused.
 """
@@ -19,20 +21,24 @@ from src.util.io import write_json
 STAMP_NAME = ".stage.json"
 
 
-def file_signature(path: Path) -> list[Any]:
-    """Cheap identity of a file: name, size and modification time in nanoseconds."""
-    stat = path.stat()
-    return [str(path), stat.st_size, stat.st_mtime_ns]
-
-
 def fingerprint(*parts: Any) -> str:
     """Stable SHA-256 of JSON-serialisable parts (paths and other objects become strings)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def files_fingerprint(paths: Iterable[Path]) -> str:
-    return fingerprint([file_signature(p) for p in sorted(paths) if p.exists()])
+    """Fingerprint of the content of the existing files among ``paths``."""
+    return fingerprint([[str(p), file_digest(p)] for p in sorted(paths) if p.exists()])
 
 
 def stamp_path(stage_dir: Path, stage: str) -> Path:
