@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,20 @@ log = logging.getLogger(__name__)
 def training_files(manifest: pd.DataFrame) -> pd.DataFrame:
     """Usable training rows: split train, status ok (duplicates left out)."""
     return manifest[(manifest["split"] == "train") & (manifest["status"] == "ok")]
+
+
+def split_by_fold(
+    manifest: pd.DataFrame, folds_dir: Path, fold: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Usable training files of ``fold``'s speakers and of every other fold's speakers."""
+    path = folds_dir / "folds.csv"
+    folds = pd.read_csv(path, dtype={"speaker": str})
+    if fold not in set(folds["fold"]):
+        raise ValueError(f"fold {fold} is not in {path}")
+    fold_of = dict(zip(folds["speaker"], folds["fold"], strict=True))
+    files = training_files(manifest)
+    in_fold = files["speaker"].map(fold_of) == fold
+    return files[in_fold], files[~in_fold]
 
 
 def assign_folds(files: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:

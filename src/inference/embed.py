@@ -19,7 +19,7 @@ from tqdm import tqdm
 from src.config import EmbedConfig, ExperimentConfig
 from src.data.audio import rms_dbfs
 from src.data.cache import AudioCache, read_manifest
-from src.data.folds import training_files
+from src.data.folds import split_by_fold
 from src.inference.extractors import EmbeddingExtractor, ModuleExtractor, build_extractor
 from src.inference.gender import load_gender_head, male_probabilities
 from src.inference.windows import batches_by_length, clip_windows, energy_mask
@@ -90,12 +90,7 @@ def cohort_ids(files: pd.DataFrame, per_speaker: int, seed: int) -> list[str]:
 
 def embedding_roles(cfg: ExperimentConfig, manifest: pd.DataFrame, fold: int) -> pd.DataFrame:
     """Which clips a fold embeds: its OOF clips, every test clip, a cohort of training speakers."""
-    folds = pd.read_csv(cfg.paths.folds / "folds.csv", dtype={"speaker": str})
-    fold_of = dict(zip(folds["speaker"], folds["fold"], strict=True))
-    train = training_files(manifest)
-    in_fold = train["speaker"].map(fold_of) == fold
-    oof = train[in_fold]
-    cohort_pool = train[~in_fold]
+    oof, cohort_pool = split_by_fold(manifest, cfg.paths.folds, fold)
     cohort = cohort_pool[
         cohort_pool["id"].isin(
             cohort_ids(cohort_pool, cfg.score.cohort_files_per_speaker, cfg.seed)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from src.config import ExperimentConfig, config_to_yaml
 from src.data.cache import AudioCache, read_manifest
-from src.data.folds import training_files
+from src.data.folds import split_by_fold
 from src.features.augment import build_waveform_augment
 from src.inference.embed import embed_clips
 from src.inference.extractors import ModuleExtractor
@@ -52,19 +52,13 @@ def training_fingerprint(cfg: ExperimentConfig) -> str:
 
 def fold_split(cfg: ExperimentConfig, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Training files (other folds), validation files and validation trials of ``fold``."""
-    manifest = read_manifest(cfg.paths.prep_dir)
-    folds = pd.read_csv(cfg.paths.folds / "folds.csv", dtype={"speaker": str})
-    if fold not in set(folds["fold"]):
-        raise ValueError(f"fold {fold} is not in {cfg.paths.folds / 'folds.csv'}")
-    fold_of = dict(zip(folds["speaker"], folds["fold"], strict=True))
-    files = training_files(manifest)
-    in_fold = files["speaker"].map(fold_of) == fold
+    in_fold, others = split_by_fold(read_manifest(cfg.paths.prep_dir), cfg.paths.folds, fold)
     trials = pd.read_csv(
         cfg.paths.folds / f"trials_fold{fold}.csv", dtype={"audio_1": str, "audio_2": str}
     )
     if len(trials) > cfg.train.val_max_trials:
         trials = trials.sample(cfg.train.val_max_trials, random_state=cfg.seed).sort_index()
-    return files[~in_fold], files[in_fold], trials
+    return others, in_fold, trials
 
 
 class ValidationSet:
