@@ -12,6 +12,14 @@ import torch
 
 from src.config import ExperimentConfig, load_config
 
+# a model small enough to train in a second on one CPU thread; tests add their own epochs etc.
+TINY = (
+    "folds.n_folds=2", "model.backbone=resnet18", "model.stem=timm", "model.width=0.125",
+    "model.embedding_dim=32", "features.n_mels=40", "train.batch_size=16",
+    "train.crop_seconds=[0.5,1.0]", "embed.window_seconds=1.0", "embed.hop_seconds=0.5",
+    "augment.enabled=false",
+)  # fmt: skip
+
 
 def write_tone(
     path: Path,
@@ -73,3 +81,25 @@ def config_for(root: Path, out: Path, *overrides: str) -> ExperimentConfig:
         [f"paths.input={root}", f"paths.outputs={out / 'outputs'}", f"paths.folds={out / 'folds'}",
          "data.workers=1", *overrides],
     )  # fmt: skip
+
+
+def prepare_tiny(
+    root: Path, *overrides: str, test_speakers: int = 2, test_clips: int = 2, seed: int = 0
+) -> ExperimentConfig:
+    """Demo data of 8 speakers x 4 clips in ``root/data``, prepared and split into 2 folds."""
+    from src.data.demo import generate_demo
+    from src.data.folds import folds_stage
+    from src.data.prepare import prepare_stage
+
+    generate_demo(
+        root / "data",
+        n_speakers=8,
+        clips_per_speaker=4,
+        n_test_speakers=test_speakers,
+        test_clips_per_speaker=test_clips,
+        seed=seed,
+    )
+    cfg = config_for(root / "data", root, *TINY, *overrides)
+    prepare_stage(cfg)
+    folds_stage(cfg)
+    return cfg

@@ -7,21 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.data.demo import generate_demo
-from src.data.folds import folds_stage
-from src.data.prepare import prepare_stage
-from tests.conftest import config_for
+from tests.conftest import prepare_tiny
 from tests.test_pipeline import TINY
 
 
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
-    generate_demo(tmp_path / "data", n_speakers=8, clips_per_speaker=4, n_test_speakers=2,
-                  test_clips_per_speaker=2, seed=5)  # fmt: skip
     overrides = [f"paths.input={tmp_path / 'data'}", f"paths.outputs={tmp_path / 'outputs'}",
                  f"paths.folds={tmp_path / 'folds'}", "data.workers=1", *TINY]  # fmt: skip
-    cfg = config_for(tmp_path / "data", tmp_path, *TINY)
-    prepare_stage(cfg)
-    folds_stage(cfg)
+    cfg = prepare_tiny(tmp_path, *TINY, seed=5)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                "2", "-m", "src", "train", "--fold", "0", *overrides]  # fmt: skip

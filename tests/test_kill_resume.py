@@ -21,22 +21,15 @@ import pytest
 import torch
 
 import src.training.train as train_module
-from src.data.demo import generate_demo
-from src.data.folds import folds_stage
-from src.data.prepare import prepare_stage
 from src.training.checkpoint import load_checkpoint
 from src.training.train import train_stage
 from src.util.stage_cache import stamp_path
-from tests.conftest import config_for
+from tests.conftest import TINY as CORE
+from tests.conftest import config_for, prepare_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 8  # ~0.3 s each on one CPU thread: the kill lands after epoch 1 with epochs to spare
-TINY = (
-    "folds.n_folds=2", "model.backbone=resnet18", "model.stem=timm", "model.width=0.125",
-    "model.embedding_dim=32", "features.n_mels=40", "train.batch_size=16",
-    "train.steps_per_epoch=3", "train.crop_seconds=[0.5,1.0]", "embed.window_seconds=1.0",
-    "embed.hop_seconds=0.5", "augment.enabled=false", "train.device=cpu",
-)  # fmt: skip
+TINY = (*CORE, "train.steps_per_epoch=3", "train.device=cpu")  # fmt: skip
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_eer", "lr"]  # not "seconds"
 
 
@@ -44,11 +37,7 @@ HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_eer", "lr"]  # not "seconds
 def prepared(tmp_path_factory) -> Path:
     """Demo data (8 speakers x 4 clips), prepared and split into folds, in-process."""
     root = tmp_path_factory.mktemp("kill")
-    generate_demo(root / "data", n_speakers=8, clips_per_speaker=4, n_test_speakers=2,
-                  test_clips_per_speaker=2, seed=11)  # fmt: skip
-    cfg = config_for(root / "data", root, *TINY)
-    prepare_stage(cfg)
-    folds_stage(cfg)
+    prepare_tiny(root, *TINY, seed=11)
     return root
 
 

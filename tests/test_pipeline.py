@@ -6,32 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data.demo import generate_demo
-from src.data.folds import folds_stage
-from src.data.prepare import prepare_stage
 from src.inference.embed import embed_stage, load_embeddings
 from src.inference.score import score_stage
 from src.training.train import train_stage
 from src.util.io import read_json
-from tests.conftest import config_for
+from tests.conftest import TINY as CORE
+from tests.conftest import prepare_tiny
 
 TINY = (
-    "folds.n_folds=2", "model.backbone=resnet18", "model.stem=timm", "model.width=0.125",
-    "model.embedding_dim=32", "features.n_mels=40", "train.epochs=2", "train.batch_size=16",
-    "train.steps_per_epoch=3", "train.crop_seconds=[0.5,1.0]", "embed.window_seconds=1.0",
-    "embed.hop_seconds=0.5", "score.asnorm_top_k=5", "augment.enabled=false",
+    *CORE, "train.epochs=2", "train.steps_per_epoch=3", "score.asnorm_top_k=5",
 )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    generate_demo(root / "data", n_speakers=8, clips_per_speaker=4, n_test_speakers=4,
-                  test_clips_per_speaker=3, seed=3)  # fmt: skip
-    cfg = config_for(root / "data", root, *TINY)
-    prepare_stage(cfg)
-    folds_stage(cfg)
-    return cfg
+    return prepare_tiny(root, *TINY, test_speakers=4, test_clips=3, seed=3)
 
 
 def test_train_writes_checkpoints_and_history(tiny_experiment) -> None:

@@ -36,14 +36,12 @@ from src.training.checkpoint import save_checkpoint
 from src.training.train import train_stage
 from src.util.io import write_csv, write_json, write_npz
 from src.util.stage_cache import stamp_path
+from tests.conftest import TINY as CORE
 from tests.conftest import config_for, make_zalo, write_tone
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (
-    "folds.n_folds=2", "model.backbone=resnet18", "model.stem=timm", "model.width=0.125",
-    "model.embedding_dim=32", "features.n_mels=40", "train.epochs=1", "train.batch_size=16",
-    "train.steps_per_epoch=2", "train.crop_seconds=[0.5,1.0]", "embed.window_seconds=1.0",
-    "embed.hop_seconds=0.5", "score.asnorm_top_k=5", "augment.enabled=false",
+    *CORE, "train.epochs=1", "train.steps_per_epoch=2", "score.asnorm_top_k=5",
     "train.device=cpu", "stack.model=logistic",
 )  # fmt: skip
 
