@@ -134,7 +134,16 @@ class TrainConfig(Section):
     scheduler: Literal["cosine", "onecycle"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float = Field(5.0, ge=0)
-    patience: int = Field(5, ge=1)
+    patience: int = Field(5, ge=1, description="selection=holdout: epochs without improvement")
+    selection: Literal["holdout", "average"] = Field(
+        "holdout",
+        description="how best.pt is chosen without the fold's own trials: early stopping on "
+        "held-out training speakers, or the mean of the last epochs of a fixed schedule",
+    )
+    holdout_speakers: float = Field(
+        0.1, gt=0, lt=0.5, description="selection=holdout: share of training speakers per gender"
+    )
+    average_last: int = Field(5, ge=1, description="selection=average: epochs averaged")
     amp: bool = True
     device: str = "auto"
     workers: int = Field(0, ge=0)

@@ -1,8 +1,9 @@
 """The `train` stage for one fold: the whole recipe, top to bottom.
 
 config -> data (other folds' speakers) -> model + margin head -> optimiser + schedule ->
-epochs of speaker-balanced random crops -> validation EER on ``trials_fold{k}.csv`` ->
-``last.pt`` every epoch (resume), ``best.pt`` on improvement, early stopping, ``history.csv``.
+epochs of speaker-balanced random crops -> ``last.pt`` every epoch (resume), ``history.csv`` ->
+``best.pt`` chosen without fold k's trials (``train.selection``, see ``selection.py``): the best
+validation EER on held-out training speakers with early stopping, or the mean of the last epochs.
 
 Run under ``torchrun --nproc_per_node N -m src train --fold k`` for DistributedDataParallel.
 """
@@ -10,7 +11,9 @@ Run under ``torchrun --nproc_per_node N -m src train --fold k`` for DistributedD
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,12 @@ from src.training.batches import BalancedBatches, TrainingSet, steps_per_epoch
 from src.training.checkpoint import load_checkpoint, save_checkpoint
 from src.training.device import barrier, broadcast_float, init_distributed, pick_device
 from src.training.schedule import schedule_for
+from src.training.selection import (
+    average_state_dicts,
+    averaged_epochs,
+    holdout_split,
+    snapshot_path,
+)
 from src.util.io import write_csv, write_text
 from src.util.seed import seed_everything
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
@@ -50,15 +59,32 @@ def training_fingerprint(cfg: ExperimentConfig) -> str:
     return fingerprint({k: dumped[k] for k in TRAINING_SECTIONS}, inputs)
 
 
-def fold_split(cfg: ExperimentConfig, fold: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Training files (other folds), validation files and validation trials of ``fold``."""
-    in_fold, others = split_by_fold(read_manifest(cfg.paths.prep_dir), cfg.paths.folds, fold)
-    trials = pd.read_csv(
-        cfg.paths.folds / f"trials_fold{fold}.csv", dtype={"audio_1": str, "audio_2": str}
-    )
-    if len(trials) > cfg.train.val_max_trials:
-        trials = trials.sample(cfg.train.val_max_trials, random_state=cfg.seed).sort_index()
-    return others, in_fold, trials
+@dataclass(frozen=True)
+class FoldTrainingData:
+    """What one fold trains on, and what (if anything) picks its checkpoint."""
+
+    train_files: pd.DataFrame  # clips of the training speakers
+    validation_trials: pd.DataFrame | None  # trials among held-out speakers (selection=holdout)
+    validation_speakers: list[str]
+
+
+def fold_training_data(cfg: ExperimentConfig, fold: int) -> FoldTrainingData:
+    """Training files of ``fold`` (other folds' speakers) and its validation trials.
+
+    Fold ``fold``'s own clips and trials are never used here: they are its OOF set.
+    """
+    _, others = split_by_fold(read_manifest(cfg.paths.prep_dir), cfg.paths.folds, fold)
+    if cfg.train.selection == "average":
+        return FoldTrainingData(others, None, [])
+    train_files, held, trials = holdout_split(cfg, others, fold)
+    return FoldTrainingData(train_files, trials, sorted(held["speaker"].unique()))
+
+
+def epoch_seed(cfg: ExperimentConfig, fold: int, epoch: int, rank: int) -> int:
+    """Seed of the global generators for one epoch of one rank: distinct per rank (each DDP rank
+    draws its own SpecAugment masks and dropout), and a resumed run redraws what it would have.
+    """
+    return int(np.random.default_rng([cfg.seed, fold, epoch, rank]).integers(2**31))
 
 
 class ValidationSet:
@@ -168,10 +194,14 @@ def train_stage(
         device = torch.device("cuda", ctx.local_rank)
     seed_everything(cfg.seed + fold)
 
-    train_files, _, trials = fold_split(cfg, fold)
+    split = fold_training_data(cfg, fold)
     cache = AudioCache(cfg.paths.prep_dir)
-    data = TrainingSet.from_files(train_files)
-    validation = ValidationSet(cfg, cache, trials)
+    data = TrainingSet.from_files(split.train_files)
+    validation = None
+    if split.validation_trials is not None:
+        validation = ValidationSet(cfg, cache, split.validation_trials)
+        if ctx.is_main:
+            write_csv(out / "validation_trials.csv", split.validation_trials)
     # every rank takes the same number of steps (a DDP requirement); batches are drawn by
     # global step number, so ranks never share a batch
     steps = -(-steps_per_epoch(cfg.train, len(data.ids)) // ctx.world_size)
@@ -195,28 +225,37 @@ def train_stage(
             scheduler.load_state_dict(saved["scheduler"])
             scaler.load_state_dict(saved["scaler"])
             state = saved["state"]
-            torch.set_rng_state(saved["torch_rng"].cpu())
+            restore_rng(saved)
             log.info("train fold %d: resuming after epoch %d", fold, state["epoch"])
         elif resume:
             raise RuntimeError(f"{last} was trained with another config or data; use --force")
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint {last} to resume from")
+    if state["epoch"] == 0 and ctx.is_main:  # a fresh start: no weights of an earlier run
+        shutil.rmtree(out / "snapshots", ignore_errors=True)
     if ctx.is_main:
         write_text(out / "config.yaml", config_to_yaml(cfg))
         log.info(
-            "train fold %d: %d speakers, %d clips, %d steps/epoch, %d params, device %s",
+            "train fold %d: %d speakers, %d clips, %d steps/epoch, %d params, device %s, "
+            "checkpoint by %s",
             fold,
             len(data.speakers),
             len(data.ids),
             steps,
             sum(p.numel() for p in modules.model.parameters()),
             device,
+            selection_summary(cfg, split),
         )
+    identity = {"speakers": data.speakers, "validation_speakers": split.validation_speakers}
     augment = build_waveform_augment(cfg.augment, cfg.data.sample_rate)
 
-    while state["epoch"] < cfg.train.epochs and state["stale"] < cfg.train.patience:
+    early_stopping = validation is not None
+    while state["epoch"] < cfg.train.epochs and not (
+        early_stopping and state["stale"] >= cfg.train.patience
+    ):
         epoch = state["epoch"]
         started = time.perf_counter()
+        seed_everything(epoch_seed(cfg, fold, epoch, ctx.rank))
         batches = BalancedBatches(
             data,
             cache,
@@ -237,14 +276,17 @@ def train_stage(
         totals = run_epoch(
             cfg, trainable, modules, optimiser, scheduler, scaler, loader, device, epoch
         )
-        val_eer = broadcast_float(
-            validation.eer(modules.model, device) if ctx.is_main else 0.0, ctx
-        )
+        val_eer = float("nan")
+        if validation is not None:
+            val_eer = broadcast_float(
+                validation.eer(modules.model, device) if ctx.is_main else 0.0, ctx
+            )
         seconds = time.perf_counter() - started
         state["epoch"] = epoch + 1
-        improved = val_eer < state["best_eer"]
+        improved = validation is not None and val_eer < state["best_eer"]
         state["stale"] = 0 if improved else state["stale"] + 1
-        state["best_eer"] = min(state["best_eer"], val_eer)
+        if improved:
+            state["best_eer"] = val_eer
         row = {
             "epoch": epoch + 1,
             **totals,
@@ -263,11 +305,61 @@ def train_stage(
                 val_eer,
                 seconds,
             )
-            save_epoch(cfg, out, modules, optimiser, scheduler, scaler, state, stamp, improved)
+            if cfg.train.selection == "average" and state["epoch"] in averaged_epochs(
+                cfg.train.epochs, cfg.train.average_last
+            ):
+                save_checkpoint(snapshot_path(out, state["epoch"]), modules.model.state_dict())
+            kept = improved or (validation is None and state["epoch"] == cfg.train.epochs)
+            best = best_checkpoint(cfg, out, modules, state, identity) if kept else None
+            save_epoch(cfg, out, modules, optimiser, scheduler, scaler, state, stamp, best)
         barrier(ctx)
     if ctx.is_main:
         mark_done(out, "train", stamp)
     return out / "best.pt"
+
+
+def selection_summary(cfg: ExperimentConfig, split: FoldTrainingData) -> str:
+    if split.validation_trials is None:
+        return f"the mean of the last {cfg.train.average_last} of {cfg.train.epochs} epochs"
+    return (
+        f"validation EER on {len(split.validation_speakers)} held-out speakers "
+        f"({len(split.validation_trials)} trials)"
+    )
+
+
+def best_checkpoint(
+    cfg: ExperimentConfig, out: Path, modules: TrainingModule, state: dict, identity: dict
+) -> dict[str, Any]:
+    """The ``best.pt`` content: this epoch's weights (holdout) or the averaged ones (average).
+
+    It records the config, the speakers the model was trained on and those that chose it, so a
+    later run can refuse a starting checkpoint that saw its OOF speakers.
+    """
+    weights = modules.model.state_dict()
+    chosen: list[int] = [state["epoch"]]
+    if cfg.train.selection == "average":
+        chosen = averaged_epochs(cfg.train.epochs, cfg.train.average_last)
+        snapshots = [load_checkpoint(snapshot_path(out, e)) for e in chosen]
+        weights = average_state_dicts(snapshots)
+    best = {
+        "model": weights,
+        "config": cfg.model_dump(mode="json"),
+        "epoch": state["epoch"],
+        "epochs_averaged": chosen,
+        "val_eer": state["best_eer"] if cfg.train.selection == "holdout" else None,
+        **identity,
+    }
+    if modules.gender is not None:
+        best["gender"] = modules.gender.state_dict()
+    return best
+
+
+def restore_rng(saved: dict[str, Any]) -> None:
+    """Restore the CPU and (when present and saved) CUDA generator states of a checkpoint."""
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    cuda_states = saved.get("cuda_rng")
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in cuda_states])
 
 
 def run_epoch(
@@ -299,23 +391,22 @@ def run_epoch(
 
 
 def save_epoch(
-    cfg, out: Path, modules, optimiser, scheduler, scaler, state: dict, stamp: str, improved: bool
+    cfg: ExperimentConfig,
+    out: Path,
+    modules,
+    optimiser,
+    scheduler,
+    scaler,
+    state: dict,
+    stamp: str,
+    best: dict[str, Any] | None,
 ) -> None:
-    """``best.pt`` (model only), ``last.pt`` (everything needed to resume) and history.csv.
+    """``best.pt`` (when chosen this epoch), ``last.pt`` (everything to resume), history.csv.
 
     ``best.pt`` goes first: a run killed between the two writes then resumes from the previous
     epoch and redoes this one, instead of resuming past an improvement that was never saved.
     """
-    config = cfg.model_dump(mode="json")
-    if improved:
-        best = {
-            "model": modules.model.state_dict(),
-            "config": config,
-            "epoch": state["epoch"],
-            "val_eer": state["best_eer"],
-        }
-        if modules.gender is not None:
-            best["gender"] = modules.gender.state_dict()
+    if best is not None:
         save_checkpoint(out / "best.pt", best)
     save_checkpoint(
         out / "last.pt",
@@ -326,8 +417,9 @@ def save_epoch(
             "scaler": scaler.state_dict(),
             "state": state,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "fingerprint": stamp,
-            "config": config,
+            "config": cfg.model_dump(mode="json"),
         },
     )
     write_csv(out / "history.csv", pd.DataFrame(state["history"]))
