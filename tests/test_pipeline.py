@@ -1,5 +1,6 @@
 """First level end to end on a tiny data set: train (with resume), embed, score."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,43 @@ def test_gender_head_predictions_feed_the_stack(tiny_experiment, tmp_path: Path)
     test = pd.read_csv(with_gender.experiment_dir / "gender_test.csv")
     assert oof["p_male"].between(0, 1).all() and test["p_male"].between(0, 1).all()
     assert oof["id"].is_unique and test["id"].str.startswith("public-test/").all()
+    assert {"p_male_fold0", "p_male_fold1"} <= set(test.columns)
     stack_stage(with_gender)
     importances = pd.read_csv(tmp_path / "stack" / "importances.csv")
     assert importances.astype(str).apply(lambda c: c.str.contains("gender")).any().any()
+    assert_test_views_are_single_fold(with_gender)
+
+
+def _one_fold_world(experiment, fold: int):
+    """The experiment as if every fold model had given fold ``fold``'s test outputs, so that
+    every fold mean equals fold ``fold``'s value too."""
+    from src.stacking.features import PER_FOLD
+
+    test = experiment.test.copy()
+    for column in [c for c in test.columns if PER_FOLD.search(c)]:
+        test[column] = test[PER_FOLD.sub(f"_fold{fold}", column)]
+        test[PER_FOLD.sub("", column)] = test[PER_FOLD.sub(f"_fold{fold}", column)]
+    gender = experiment.gender_test.copy()
+    for column in gender.columns:
+        gender[column] = gender[f"p_male_fold{fold}"]
+    return replace(experiment, test=test, gender_test=gender)
+
+
+def assert_test_views_are_single_fold(cfg) -> None:
+    """Fold k's stacker must see test features made by fold k's models alone: replacing every
+    other fold's outputs (and so every fold mean) by fold k's must not change its view."""
+    from src.stacking.inputs import load_experiment, load_manifest
+    from src.stacking.stack import _metadata, test_views
+
+    manifest = load_manifest(cfg.paths.prep_dir)
+    experiment = load_experiment(cfg.experiment_dir)
+    views = test_views([experiment], _metadata([experiment], manifest), cfg)
+    assert len(views) == cfg.folds.n_folds
+    for fold, view in views.items():
+        world = _one_fold_world(experiment, fold)
+        pd.testing.assert_frame_equal(
+            view, test_views([world], _metadata([world], manifest), cfg)[fold]
+        )
+    per_fold_columns = [c for c in views[0].columns if not views[0][c].equals(views[1][c])]
+    assert any("gender" in c for c in per_fold_columns)  # the check is not vacuous
+    assert any("asnorm" in c for c in per_fold_columns)

@@ -174,11 +174,16 @@ def embed_with_store(
     cfg: ExperimentConfig,
     store: Path,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed with a fold-independent extractor, reusing clips embedded for earlier folds."""
+    """Embed with a fold-independent extractor, reusing clips embedded for earlier folds.
+
+    The store is keyed by the extractor and every embedding setting that changes a vector
+    (mode, window, hop, low-energy dropping, sample rate): other settings embed afresh.
+    """
+    key = store_key(extractor, cfg)
     known: dict[str, tuple[np.ndarray, float]] = {}
     if store.is_file():
         saved = load_embeddings(store)
-        if str(saved["fingerprint"]) == extractor.fingerprint:
+        if str(saved["fingerprint"]) == key:
             known = {
                 i: (v, n)
                 for i, v, n in zip(saved["ids"], saved["vectors"], saved["norms"], strict=True)
@@ -192,11 +197,17 @@ def embed_with_store(
             ids=np.array(list(known), dtype=str),
             vectors=np.stack([v for v, _ in known.values()]),
             norms=np.array([n for _, n in known.values()], dtype=np.float32),
-            fingerprint=np.array(extractor.fingerprint),
+            fingerprint=np.array(key),
         )
     return np.stack([known[i][0] for i in ids]), np.array(
         [known[i][1] for i in ids], dtype=np.float32
     )
+
+
+def store_key(extractor: EmbeddingExtractor, cfg: ExperimentConfig) -> str:
+    """What a stored clip vector depends on (batch size only groups the work: left out)."""
+    settings = cfg.embed.model_dump(exclude={"batch_seconds"})
+    return fingerprint(extractor.fingerprint, settings, cfg.data.sample_rate)
 
 
 def load_embeddings(path: Path) -> dict[str, np.ndarray]:

@@ -2,8 +2,10 @@
 
 When a CNN was trained with ``head.gender_weight > 0``, its ``best.pt`` holds the gender head.
 The embed stage writes ``fold{k}/gender.csv`` (id, p_male) for the fold's OOF and test clips; the
-score stage gathers them into ``gender_oof.csv`` and the fold-mean ``gender_test.csv``, which the
-stacker turns into a gender-agreement feature.
+score stage gathers them into ``gender_oof.csv`` (each OOF clip by its own fold's model) and
+``gender_test.csv`` (``p_male_fold{k}`` per fold model, and their mean ``p_male``), which the
+stacker turns into a gender-agreement feature: fold k's stacker sees fold k's own predictions on
+test, as it saw one model's predictions on its OOF rows.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ def male_probabilities(
 
 
 def gather_gender_tables(fold_tables: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """OOF rows of every fold, and test rows averaged over the fold models."""
+    """OOF rows of every fold; test rows with one column per fold model and their mean."""
     tables = pd.concat([t.assign(fold=k) for k, t in enumerate(fold_tables)])
     oof = tables[tables["role"] == "oof"][["id", "p_male"]]
-    test = tables[tables["role"] == "test"].groupby("id", sort=False)["p_male"].mean().reset_index()
-    return oof.reset_index(drop=True), test
+    test_rows = tables[tables["role"] == "test"]
+    test = test_rows.pivot_table(index="id", columns="fold", values="p_male", sort=False)
+    test.columns = [f"p_male_fold{k}" for k in test.columns]
+    test.insert(0, "p_male", test.mean(axis=1))
+    return oof.reset_index(drop=True), test.reset_index()

@@ -210,11 +210,18 @@ def metadata_features(
     first = lookup(table, pairs["audio_1"], what).reset_index(drop=True)
     second = lookup(table, pairs["audio_2"], what).reset_index(drop=True)
     features = pair_metadata_features(first, second)
+    features.index = pairs.index
     if p_male is not None:
-        gender_what = f"{what} (gender predictions)"
-        p1 = lookup(p_male.to_frame(), pairs["audio_1"], gender_what).iloc[:, 0].to_numpy()
-        p2 = lookup(p_male.to_frame(), pairs["audio_2"], gender_what).iloc[:, 0].to_numpy()
-        features = pd.concat([features, gender_features(p1, p2)], axis=1)
+        features = pd.concat([features, pair_gender_features(pairs, p_male, what)], axis=1)
+    return features
+
+
+def pair_gender_features(pairs: pd.DataFrame, p_male: pd.Series, what: str) -> pd.DataFrame:
+    """:func:`gender_features` of ``pairs`` from ``p_male`` keyed like the pair columns."""
+    gender_what = f"{what} (gender predictions)"
+    p1 = lookup(p_male.to_frame(), pairs["audio_1"], gender_what).iloc[:, 0].to_numpy()
+    p2 = lookup(p_male.to_frame(), pairs["audio_2"], gender_what).iloc[:, 0].to_numpy()
+    features = gender_features(p1, p2)
     features.index = pairs.index
     return features
 

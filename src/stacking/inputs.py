@@ -33,7 +33,7 @@ class ExperimentScores:
     oof: pd.DataFrame  # fold, audio_1, audio_2, label, cosine, asnorm, q_...
     test: pd.DataFrame  # audio_1, audio_2, cosine_fold{k}, asnorm_fold{k}, cosine, asnorm, q_...
     gender_oof: pd.Series | None  # p_male by manifest id
-    gender_test: pd.Series | None  # p_male by manifest id or file name
+    gender_test: pd.DataFrame | None  # p_male, p_male_fold{k} by manifest id or file name
 
     @property
     def folds(self) -> list[int]:
@@ -54,13 +54,15 @@ def read_csv(path: Path, required: list[str], what: str) -> pd.DataFrame:
     return frame
 
 
-def _read_gender(path: Path) -> pd.Series | None:
+def _read_gender(path: Path, per_fold: list[int] | None = None) -> pd.DataFrame | None:
+    """Gender predictions by id: ``p_male``, and ``p_male_fold{k}`` for the folds ``per_fold``."""
     if not path.is_file():
         return None
-    frame = read_csv(path, ["id", "p_male"], "gender predictions")
+    columns = ["p_male", *(f"p_male_fold{k}" for k in per_fold or [])]
+    frame = read_csv(path, ["id", *columns], "gender predictions (rerun `score` if old)")
     if frame["id"].duplicated().any():
         raise StageInputError(f"{path}: duplicated ids")
-    return frame.set_index("id")["p_male"].astype(np.float64)
+    return frame.set_index("id")[columns].astype(np.float64)
 
 
 def load_experiment(directory: Path) -> ExperimentScores:
@@ -77,12 +79,14 @@ def load_experiment(directory: Path) -> ExperimentScores:
     if not oof["label"].isin([0, 1]).all():
         raise StageInputError(f"{directory / 'oof_scores.csv'}: labels must be 0 or 1")
     oof["fold"] = oof["fold"].astype(int)
+    gender_oof = _read_gender(directory / "gender_oof.csv")
+    folds = sorted(int(f) for f in oof["fold"].unique())
     return ExperimentScores(
         name=name,
         oof=oof,
         test=test,
-        gender_oof=_read_gender(directory / "gender_oof.csv"),
-        gender_test=_read_gender(directory / "gender_test.csv"),
+        gender_oof=None if gender_oof is None else gender_oof["p_male"],
+        gender_test=_read_gender(directory / "gender_test.csv", folds),
     )
 
 
@@ -139,11 +143,20 @@ def load_manifest(prep_dir: Path) -> pd.DataFrame:
 
 
 def mean_gender(series: list[pd.Series | None]) -> pd.Series | None:
-    """Average ``p_male`` over the experiments that have a gender head (``None`` if none has)."""
+    """Average ``p_male`` over the experiments that have a gender head (``None`` if none has).
+
+    Averaging over experiments, never over folds: each entry is one model's view of a clip.
+    """
     present = [s for s in series if s is not None]
     if not present:
         return None
     return pd.concat(present, axis=1).mean(axis=1)
+
+
+def test_gender_view(tables: list[pd.DataFrame | None], fold: int | None) -> list[pd.Series | None]:
+    """Each experiment's test ``p_male`` as fold ``fold``'s model saw it (``None``: fold mean)."""
+    column = "p_male" if fold is None else f"p_male_fold{fold}"
+    return [None if t is None else t[column] for t in tables]
 
 
 def test_gender_by_name(p_male: pd.Series, manifest: pd.DataFrame) -> pd.Series:

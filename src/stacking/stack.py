@@ -34,7 +34,13 @@ from src.util.io import write_csv, write_json, write_text
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 from .adversarial import write_adversarial
-from .features import MissingIdError, audio_table, feature_table, metadata_features
+from .features import (
+    MissingIdError,
+    audio_table,
+    feature_table,
+    metadata_features,
+    pair_gender_features,
+)
 from .inputs import (
     ExperimentScores,
     align_experiments,
@@ -42,6 +48,7 @@ from .inputs import (
     load_manifest,
     mean_gender,
     test_gender_by_name,
+    test_gender_view,
 )
 from .models import fit_pair_model
 
@@ -176,27 +183,48 @@ def combine(predictions: list[np.ndarray], how: str) -> np.ndarray:
     raise ValueError(f"unknown average {how!r}; choose 'none', 'rank' or 'probability'")
 
 
-def _metadata(
-    experiments: list[ExperimentScores], manifest: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Metadata features of the OOF trials and of the test pairs (ids vs. test file names)."""
+MEAN_VIEW = -1  # key of the fold-mean test view (``stack.test_scores=mean``)
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """Metadata features of the OOF trials and of the test pairs, one test view per fold model.
+
+    Test features that come from a first-level model (predicted gender) are fold ``k``'s own in
+    ``test[k]``, as each OOF row's come from one model; ``test[MEAN_VIEW]`` averages the folds.
+    """
+
+    oof: pd.DataFrame
+    test: dict[int, pd.DataFrame]
+
+
+def _metadata(experiments: list[ExperimentScores], manifest: pd.DataFrame) -> Metadata:
+    """Metadata features of the OOF trials and the test pairs (ids vs. test file names)."""
     gender_oof = mean_gender([e.gender_oof for e in experiments])
-    gender_test = mean_gender([e.gender_test for e in experiments])
-    if (gender_oof is None) != (gender_test is None):
+    gender_tables = [e.gender_test for e in experiments]
+    if (gender_oof is None) != all(t is None for t in gender_tables):
         log.warning("gender predictions exist for only one of OOF/test; not used")
-        gender_oof = gender_test = None
-    if gender_test is not None:
-        gender_test = test_gender_by_name(gender_test, manifest)
+        gender_oof, gender_tables = None, [None]
     reference = experiments[0]
     oof = metadata_features(reference.oof, audio_table(manifest), gender_oof, "OOF audio ids")
     test_table = audio_table(manifest, split="test", key="name")
-    test = metadata_features(reference.test, test_table, gender_test, "test file names")
-    return oof, test
+    test_base = metadata_features(reference.test, test_table, None, "test file names")
+    views = {}
+    for fold in [*reference.folds, MEAN_VIEW]:
+        gender = mean_gender(test_gender_view(gender_tables, None if fold < 0 else fold))
+        if gender is None:
+            views[fold] = test_base
+            continue
+        gender_features = pair_gender_features(
+            reference.test, test_gender_by_name(gender, manifest), "test file names"
+        )
+        views[fold] = pd.concat([test_base, gender_features], axis=1)
+    return Metadata(oof, views)
 
 
 def _optional_metadata(
     experiments: list[ExperimentScores], manifest: pd.DataFrame | None, required: bool
-) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+) -> Metadata | None:
     """Metadata features; when only adversarial validation wants them, a gap is a warning."""
     if manifest is None:
         return None
@@ -209,22 +237,31 @@ def _optional_metadata(
         return None
 
 
+def test_views(
+    group: list[ExperimentScores], meta: Metadata | None, cfg: ExperimentConfig
+) -> dict[int, pd.DataFrame]:
+    """The test features each fold's stacker predicts from: fold ``k``'s model's view of the
+    test pairs (``stack.test_scores=per_fold``), or the fold-mean view for every fold (``mean``).
+    """
+    tests = {e.name: e.test for e in group}
+    folds = group[0].folds
+    if cfg.stack.test_scores == "per_fold":
+        return {
+            f: feature_table(tests, None if meta is None else meta.test[f], f"_fold{f}")
+            for f in folds
+        }
+    mean_view = feature_table(tests, None if meta is None else meta.test[MEAN_VIEW])
+    return dict.fromkeys(folds, mean_view)
+
+
 def _stack_group(
-    group: list[ExperimentScores],
-    meta: tuple[pd.DataFrame, pd.DataFrame] | None,
-    cfg: ExperimentConfig,
+    group: list[ExperimentScores], meta: Metadata | None, cfg: ExperimentConfig
 ) -> CrossFit:
     """Cross-fit one stacker over the experiments of ``group`` (+ metadata when given)."""
     reference = group[0]
-    oof_meta, test_meta = meta if meta is not None else (None, None)
-    features = feature_table({e.name: e.oof for e in group}, oof_meta)
-    tests = {e.name: e.test for e in group}
+    features = feature_table({e.name: e.oof for e in group}, None if meta is None else meta.oof)
+    views = test_views(group, meta, cfg)
     folds = reference.oof["fold"].to_numpy()
-    if cfg.stack.test_scores == "per_fold":
-        views = {int(f): feature_table(tests, test_meta, f"_fold{f}") for f in np.unique(folds)}
-    else:
-        mean_view = feature_table(tests, test_meta)
-        views = {int(f): mean_view for f in np.unique(folds)}
     log.info("stacking %s: %d trials, %d features", [e.name for e in group], *features.shape)
     labels = reference.oof["label"].to_numpy(dtype=np.int64)
     return cross_fit(features, labels, folds, views, cfg.stack, cfg.seed)
@@ -323,7 +360,9 @@ def run_stack(
     write_text(out_dir / "config.yaml", config_to_yaml(cfg))
     if meta is not None:
         pairs = (reference.oof, reference.test)
-        write_adversarial(meta[0], meta[1], cfg.stack, cfg.seed, out_dir, pairs)
+        # one model's view of test, as each OOF row has one model's: a fold mean would differ
+        test_meta = meta.test[reference.folds[0]]
+        write_adversarial(meta.oof, test_meta, cfg.stack, cfg.seed, out_dir, pairs)
     log.info(
         "stack: OOF EER %.4f (best single %.4f), %.1f s",
         metrics["stack"]["eer"],

@@ -214,9 +214,13 @@ def write_synthetic_inputs(
         if gender_head:
             for part, frame, ids in (("oof", train, train["id"]), ("test", test, test["name"])):
                 truth = (frame["gender"] == "M").to_numpy(float)
-                logit = (2 * truth - 1) * 3 + rng.normal(size=len(frame))
+                views = 1 if part == "oof" else n_folds  # one model per OOF clip, K on test
+                logit = (2 * truth - 1)[:, None] * 3 + rng.normal(size=(len(frame), views))
                 p_male = 1 / (1 + np.exp(-logit))
-                write_csv(out / f"gender_{part}.csv", pd.DataFrame({"id": ids, "p_male": p_male}))
+                table = pd.DataFrame({"id": ids, "p_male": p_male.mean(axis=1)})
+                if part == "test":
+                    table = table.assign(**{f"p_male_fold{k}": p_male[:, k] for k in range(views)})
+                write_csv(out / f"gender_{part}.csv", table)
 
     return config_from_dict(
         {
