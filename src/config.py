@@ -53,6 +53,12 @@ class DataConfig(Section):
     max_duration: float = Field(900.0, gt=0, description="longer clips are truncated (seconds)")
     silence_dbfs: float = Field(-80.0, description="train clips quieter than this are skipped")
     workers: int = Field(0, ge=0, description="decode processes; 0 = all cores")
+    test_train_copies: Literal["report", "error", "use_identity"] = Field(
+        "report",
+        description="test clips identical (md5) to a training clip: list them and score as usual "
+        "(report), stop prepare (error), or label pairs of two such clips by their training "
+        "speakers in the submission (use_identity)",
+    )
 
 
 class FoldsConfig(Section):

@@ -92,7 +92,9 @@ def test_embed_and_score(tiny_experiment) -> None:
     assert (test["audio_1"] == pairs["audio_1"]).all() and len(test) == len(pairs)
     metrics = read_json(cfg.experiment_dir / "metrics.json")
     assert 0 <= metrics["oof"]["asnorm"]["eer"] <= 1
-    assert "accuracy_balanced_0.5" in metrics["test"]["asnorm"]
+    assert "accuracy_balanced" in metrics["test"]["asnorm"]
+    assert "best_accuracy" in metrics["test"]["asnorm"]["oracle"]
+    assert "best_accuracy" not in metrics["test"]["asnorm"]
 
 
 def test_fine_tuning_starts_from_checkpoint(tiny_experiment, tmp_path: Path) -> None:
@@ -173,3 +175,31 @@ def assert_test_views_are_single_fold(cfg) -> None:
     per_fold_columns = [c for c in views[0].columns if not views[0][c].equals(views[1][c])]
     assert any("gender" in c for c in per_fold_columns)  # the check is not vacuous
     assert any("asnorm" in c for c in per_fold_columns)
+
+
+def test_answer_key_is_part_of_the_score_fingerprint(tiny_experiment, tmp_path: Path) -> None:
+    """A changed key rescores; a key that does not match the pairs is reported, not dropped."""
+    cfg = tiny_experiment
+    for fold in range(2):
+        train_stage(cfg, fold)
+        embed_stage(cfg, fold)
+    pairs = pd.read_csv(cfg.paths.input / "public-test.csv")
+    key = cfg.paths.input / "public-test-labels.csv"
+    saved = key.read_bytes() if key.exists() else None
+    try:
+        pairs.assign(label=[1, 0] * (len(pairs) // 2) + [1] * (len(pairs) % 2)).to_csv(
+            key, index=False
+        )
+        score_stage(cfg)
+        assert (
+            "accuracy_balanced" in read_json(cfg.experiment_dir / "metrics.json")["test"]["asnorm"]
+        )
+        pairs.iloc[::-1].assign(label=1).to_csv(key, index=False)
+        score_stage(cfg)  # not skipped: the key changed
+        test = read_json(cfg.experiment_dir / "metrics.json")["test"]
+        assert "does not match" in test["answer_key_problem"] and "asnorm" not in test
+    finally:
+        if saved is None:
+            key.unlink()
+        else:
+            key.write_bytes(saved)

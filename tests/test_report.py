@@ -64,3 +64,14 @@ def test_duration_bins_and_gender_pairs():
         {"shorter_clip": ["0-1 s", ">=8 s"], "n": [100, 100], "accuracy": [0.7, 0.9]}
     )
     assert "more on short clips" in duration_answer(table)
+
+
+def test_report_says_when_the_answer_key_does_not_match(tmp_path):
+    cfg = synthetic(tmp_path)
+    key = cfg.paths.input / "public-test-labels.csv"
+    pd.read_csv(key).iloc[:-3].to_csv(key, index=False)  # three pairs short
+    report_stage(cfg)
+    out = cfg.paths.outputs / "report"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not metrics["test_labels"] and "lacks 3 of the 500" in metrics["answer_key_problem"]
+    assert "## Answer key" in (out / "summary.md").read_text()

@@ -83,6 +83,45 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
     return source, to_int16(peak_normalise(clip.samples)), facts, warning
 
 
+COPIES_NAME = "test_train_copies.csv"
+
+
+def test_train_copies(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Test files whose bytes (md5) equal a usable training file's: name, id, train id, speaker."""
+    train = manifest[(manifest["split"] == "train") & (manifest["status"] == "ok")]
+    first_train = train.drop_duplicates("md5").set_index("md5")
+    test = manifest[manifest["split"] == "test"]
+    copies = test[test["md5"].isin(first_train.index)]
+    return pd.DataFrame(
+        {
+            "name": copies["name"].to_numpy(),
+            "id": copies["id"].to_numpy(),
+            "train_id": first_train.loc[copies["md5"], "id"].to_numpy(),
+            "speaker": first_train.loc[copies["md5"], "speaker"].to_numpy(),
+        }
+    )
+
+
+def check_test_train_copies(copies: pd.DataFrame, policy: str, where: Path) -> None:
+    """Log (or, with ``data.test_train_copies=error``, refuse) test clips copied from training."""
+    if copies.empty:
+        return
+    shown = ", ".join(
+        f"{n} = {t}" for n, t in zip(copies["name"][:5], copies["train_id"][:5], strict=True)
+    )
+    message = (
+        f"{len(copies)} test file(s) are exact copies of training files ({shown}"
+        f"{', ...' if len(copies) > 5 else ''}); listed in {where}"
+    )
+    if policy == "error":
+        raise DataLayoutError(f"{message} (data.test_train_copies=error)")
+    action = {
+        "report": "scored like any test clip",
+        "use_identity": "pairs of two such clips are labelled by their training speakers",
+    }[policy]
+    log.warning("%s; %s (data.test_train_copies=%s)", message, action, policy)
+
+
 def _mark_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
     """Keep the first file of each md5 group; later training copies get status `duplicate`."""
     first = manifest.groupby("md5")["id"].transform("first")
@@ -165,7 +204,7 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         [s.path for s in skipped],
         pairs.to_csv(index=False) if pairs is not None else None,
     )
-    outputs = [prep_dir / n for n in ("manifest.csv", CACHE_NAME, "bad_files.csv")]
+    outputs = [prep_dir / n for n in ("manifest.csv", CACHE_NAME, "bad_files.csv", COPIES_NAME)]
     if not force and is_fresh(prep_dir, "prepare", stamp, outputs):
         log.info("prepare: inputs unchanged, reusing %s", prep_dir)
         return prep_dir
@@ -176,6 +215,9 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     prep_dir.mkdir(parents=True, exist_ok=True)
     manifest = _decode_all(files, cfg.data, prep_dir / CACHE_NAME, skipped)
     manifest = _mark_duplicates(manifest)
+    copies = test_train_copies(manifest)
+    check_test_train_copies(copies, cfg.data.test_train_copies, prep_dir / COPIES_NAME)
+    write_csv(prep_dir / COPIES_NAME, copies)
     write_csv(prep_dir / "bad_files.csv", skipped_frame(skipped))
     if pairs is not None:
         usable = set(manifest.loc[manifest["split"] == "test", "name"])

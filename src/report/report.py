@@ -85,20 +85,28 @@ def collect_sources(cfg: ExperimentConfig) -> dict[str, Source]:
     return sources
 
 
-def read_test_labels(path: Path, expected: pd.DataFrame) -> np.ndarray | None:
-    """Labels of the public-test rows from a local labels file, or ``None`` when unusable."""
+def read_test_labels(path: Path, expected: pd.DataFrame) -> tuple[np.ndarray | None, str]:
+    """Labels of the public-test rows from a local labels file, and why not when unusable.
+
+    Returns ``(labels, "")``, ``(None, "")`` when there is no key, or ``(None, problem)`` when a
+    key exists but cannot label the test rows (the report then says so).
+    """
     if not path.is_file():
-        return None
+        return None, ""
     labels = read_csv(path, [*PAIR_KEYS, "label"], "test labels")
     labels[PAIR_KEYS] = labels[PAIR_KEYS].astype(str)
     if labels[PAIR_KEYS].reset_index(drop=True).equals(expected.reset_index(drop=True)):
-        return labels["label"].to_numpy(dtype=np.int64)
+        return labels["label"].to_numpy(dtype=np.int64), ""
     by_pair = labels.drop_duplicates(PAIR_KEYS).set_index(PAIR_KEYS)["label"]
     found = by_pair.reindex(pd.MultiIndex.from_frame(expected))
     if found.isna().any():
-        log.warning("%s lacks %d public-test pairs; no test accuracy", path, found.isna().sum())
-        return None
-    return found.to_numpy(dtype=np.int64)
+        problem = (
+            f"the answer key {path} lacks {int(found.isna().sum())} of the {len(expected)} "
+            "public-test pairs, so there are no TEST columns"
+        )
+        log.warning("%s", problem)
+        return None, problem
+    return found.to_numpy(dtype=np.int64), ""
 
 
 def policy_accuracies(
@@ -294,10 +302,35 @@ def summary_markdown(
             f"Adversarial validation (AUC {extra['adversarial_auc']:.3f}) finds these features "
             f"shifted between OOF trials and test pairs: {', '.join(extra['shifted_features'])}.",
         ]
+    if metrics.get("answer_key_problem"):
+        lines += ["", "## Answer key", "", f"Not used: {metrics['answer_key_problem']}."]
+    copies = extra.get("test_train_copies")
+    if copies is not None:
+        table = copies["table"]
+        lines += [
+            "",
+            "## Test files that copy a training file",
+            "",
+            f"{len(table)} test file(s) have the same bytes (md5) as a training file; policy "
+            f"`data.test_train_copies={copies['policy']}`.",
+            "",
+            _table(table[["name", "train_id", "speaker"]].head(20)),
+        ]
     if extra.get("top_features"):
         lines += ["", "## Top stack features (gain)", "", ", ".join(extra["top_features"])]
     lines += ["", "Figures: `det.png`, `score_histograms.png`.", ""]
     return "\n".join(lines)
+
+
+def _copies(cfg: ExperimentConfig) -> dict | None:
+    """Test files that are byte copies of training files, and the policy applied to them."""
+    path = cfg.paths.prep_dir / "test_train_copies.csv"
+    if not path.is_file():
+        return None
+    copies = pd.read_csv(path, dtype=str)
+    if copies.empty:
+        return None
+    return {"table": copies, "policy": cfg.data.test_train_copies}
 
 
 def _stack_extras(stack_dir: Path) -> dict:
@@ -333,8 +366,10 @@ def report_stage(cfg: ExperimentConfig) -> None:
     sources = collect_sources(cfg)
     test_csv = cfg.paths.input / cfg.data.test_csv
     expected = read_test_pairs(test_csv) if test_csv.is_file() else None
-    test_labels = (
-        read_test_labels(test_csv.parent / LABELS_FILE, expected) if expected is not None else None
+    test_labels, key_problem = (
+        read_test_labels(test_csv.parent / LABELS_FILE, expected)
+        if expected is not None
+        else (None, "")
     )
     sources = {name: _with_checked_test(s, expected) for name, s in sources.items()}
     main = "stack" if "stack" in sources else next(iter(sources))
@@ -343,6 +378,7 @@ def report_stage(cfg: ExperimentConfig) -> None:
         "policy": policy,
         "positive_share": share,
         "test_labels": test_labels is not None,
+        "answer_key_problem": key_problem,
         "sources": {
             name: {
                 "oof": summarise(s.oof["score"].to_numpy(), s.oof["label"].to_numpy()),
@@ -364,5 +400,6 @@ def report_stage(cfg: ExperimentConfig) -> None:
         {n: (*oof[n], s.test) for n, s in sources.items()}, out / "score_histograms.png"
     )
     extra = _stack_extras(cfg.paths.outputs / "stack")
+    extra["test_train_copies"] = _copies(cfg)
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)

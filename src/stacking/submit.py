@@ -181,6 +181,27 @@ def build_submission(
     return table, threshold
 
 
+def label_known_copies(table: pd.DataFrame, copies: pd.DataFrame) -> pd.DataFrame:
+    """Label pairs whose two files are copies of training files by those files' speakers.
+
+    Adds ``label_source``: ``"policy"`` or ``"train_copies"`` for the rows this relabels.
+
+    Example
+    -------
+    >>> table = pd.DataFrame({"audio_1": ["a", "a"], "audio_2": ["b", "c"], "label": [0, 1]})
+    >>> copies = pd.DataFrame({"name": ["a", "b"], "speaker": ["s1", "s1"]})
+    >>> label_known_copies(table, copies)[["label", "label_source"]].values.tolist()
+    [[1, 'train_copies'], [1, 'policy']]
+    """
+    speaker = dict(zip(copies["name"].astype(str), copies["speaker"].astype(str), strict=True))
+    first, second = table["audio_1"].map(speaker), table["audio_2"].map(speaker)
+    known = first.notna() & second.notna()
+    out = table.copy()
+    out["label_source"] = np.where(known, "train_copies", "policy")
+    out.loc[known, "label"] = (first[known] == second[known]).astype(np.int64)
+    return out
+
+
 def submit_stage(cfg: ExperimentConfig) -> None:
     """CLI entry: write ``<outputs>/submission.csv`` and ``<outputs>/submission_scores.csv``."""
     expected = read_test_pairs(cfg.paths.input / cfg.data.test_csv)
@@ -188,6 +209,16 @@ def submit_stage(cfg: ExperimentConfig) -> None:
     table, threshold = build_submission(
         source, expected, cfg.submit.policy, cfg.submit.positive_share
     )
+    if cfg.data.test_train_copies == "use_identity":
+        copies = read_csv(
+            cfg.paths.prep_dir / "test_train_copies.csv", ["name", "speaker"], "test copy list"
+        )
+        table = label_known_copies(table, copies)
+        check_submission(table, expected)
+        log.info(
+            "%d pair(s) labelled by the training speakers of copied test files",
+            int((table["label_source"] == "train_copies").sum()),
+        )
     write_csv(cfg.paths.outputs / "submission_scores.csv", table)
     write_csv(cfg.paths.outputs / "submission.csv", table[[*PAIR_KEYS, "label"]])
     log.info(
