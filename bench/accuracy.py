@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"paths.input={args.data}"] if args.data else []
     configs = [load_config(c, [*extra, *args.overrides]) for c in args.config]
     if not any(o.startswith("stack.experiments=") for o in args.overrides):
-        names = [c.experiment for c in configs]
+        names = [c.run_name for c in configs]
         configs[0] = configs[0].model_copy(
             update={"stack": configs[0].stack.model_copy(update={"experiments": names})}
         )
@@ -92,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for cfg in configs:
         for stage in FIRST_LEVEL:
-            timings[f"{cfg.experiment}:{stage}"] = run_stage(stage, cfg, args.force)
+            timings[f"{cfg.run_name}:{stage}"] = run_stage(stage, cfg, args.force)
     for stage in SECOND_LEVEL:
         timings[stage] = run_stage(stage, configs[0], force=True)
     timings["total"] = time.perf_counter() - started
-    metrics = read_json(configs[0].paths.outputs / "report" / "metrics.json")
+    metrics = read_json(configs[0].report_dir / "metrics.json")
     rows = results_table(metrics)
     print(format_table(rows, timings))
     write_json(

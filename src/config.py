@@ -14,6 +14,7 @@ Example
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,7 +155,14 @@ class TrainConfig(Section):
     device: str = "auto"
     workers: int = Field(0, ge=0)
     val_max_trials: int = Field(4000, ge=10)
-    init_checkpoint: Path | None = None
+    init_checkpoint: Path | None = Field(
+        None, description="start every fold from this checkpoint; '{fold}' in it is the fold"
+    )
+    allow_seen_speakers: bool = Field(
+        False,
+        description="let init_checkpoint be a model that saw this fold's OOF speakers (leaks: "
+        "its OOF figures are then optimistic)",
+    )
 
 
 class EmbedConfig(Section):
@@ -217,6 +225,11 @@ class ServeConfig(Section):
 
 class ExperimentConfig(Section):
     experiment: str = "cnn"
+    # a run's identity: the folder of its first level (default: the experiment name, or
+    # experiment-<hash> when command-line overrides change results) and the suffix of its
+    # stack, report and submission (default: none, or a hash of the result-changing overrides)
+    run: str | None = Field(None, description="first-level folder name under paths.outputs")
+    variant: str | None = Field(None, description="suffix of stack, report and submission")
     seed: int = 42
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
@@ -234,11 +247,43 @@ class ExperimentConfig(Section):
     serve: ServeConfig = ServeConfig()
 
     @property
+    def run_name(self) -> str:
+        """The first-level run's name: its folder under ``paths.outputs``."""
+        return self.run or self.experiment
+
+    @property
     def experiment_dir(self) -> Path:
-        return self.paths.outputs / self.experiment
+        return self.paths.outputs / self.run_name
 
     def fold_dir(self, fold: int) -> Path:
         return self.experiment_dir / f"fold{fold}"
+
+    @property
+    def folds_dir(self) -> Path:
+        """The fold split and trial lists of these ``folds`` settings and seed (keyed by them,
+        so runs with other fold settings never clobber each other's files)."""
+        key = hashlib.sha256(repr((self.folds.model_dump(), self.seed)).encode()).hexdigest()
+        return self.paths.folds / f"{self.folds.n_folds}fold-{key[:8]}"
+
+    def _second_level(self, name: str, extension: str = "") -> Path:
+        suffix = f"-{self.variant}" if self.variant else ""
+        return self.paths.outputs / f"{name}{suffix}{extension}"
+
+    @property
+    def stack_dir(self) -> Path:
+        return self._second_level("stack")
+
+    @property
+    def report_dir(self) -> Path:
+        return self._second_level("report")
+
+    @property
+    def submission_path(self) -> Path:
+        return self._second_level("submission", ".csv")
+
+    @property
+    def submission_scores_path(self) -> Path:
+        return self._second_level("submission_scores", ".csv")
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -315,10 +360,67 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(_explain(err)) from None
 
 
+# settings that change no result: never part of a run's identity
+NOT_RESULTS = ("experiment", "run", "variant", "paths", "serve")
+NO_RESULT_KEYS = {"data.workers", "train.workers", "train.device", "embed.batch_seconds"}
+SECOND_LEVEL_SECTIONS = ("stack", "submit")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(base: ExperimentConfig, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Dotted keys (and new values) where ``cfg`` changes a result relative to ``base``."""
+    old, new = _flatten(base.model_dump(mode="json")), _flatten(cfg.model_dump(mode="json"))
+    return {
+        key: new[key]
+        for key in sorted(new)
+        if new[key] != old.get(key)
+        and key.split(".")[0] not in NOT_RESULTS
+        and key not in NO_RESULT_KEYS
+    }
+
+
+def with_run_identity(base: ExperimentConfig, cfg: ExperimentConfig) -> ExperimentConfig:
+    """Give ``cfg`` its own run and variant names when it changes results of ``base``.
+
+    First-level changes name a new first-level folder (``<experiment>-<hash>``); any change
+    (stack and submit settings too) suffixes the stack, report and submission. Names set
+    explicitly (``run=...``, ``variant=...``) are kept.
+    """
+    changed = changed_settings(base, cfg)
+    first_level = {k: v for k, v in changed.items() if k.split(".")[0] not in SECOND_LEVEL_SECTIONS}
+    update: dict[str, str] = {}
+    if first_level and cfg.run is None:
+        update["run"] = f"{cfg.experiment}-{_short_hash(first_level)}"
+    if changed and cfg.variant is None:
+        update["variant"] = _short_hash(changed)
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def _short_hash(settings: dict[str, Any]) -> str:
+    text = yaml.safe_dump(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (following ``extends``), apply overrides, validate."""
+    """Read a YAML config (following ``extends``), apply overrides, validate.
+
+    With a config file, overrides that change results give the run its own identity
+    (:func:`with_run_identity`), so a variant never overwrites the config's own run.
+    """
     raw = _read_yaml_chain(Path(path)) if path is not None else {}
-    return config_from_dict(apply_overrides(raw, overrides or []))
+    cfg = config_from_dict(apply_overrides(raw, overrides or []))
+    if path is None or not overrides:
+        return cfg
+    return with_run_identity(config_from_dict(raw), cfg)
 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:

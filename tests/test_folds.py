@@ -68,12 +68,12 @@ def test_folds_stage_end_to_end(tmp_path: Path) -> None:
     cfg = config_for(root, tmp_path, "folds.n_folds=2")
     prepare_stage(cfg)
     folds_stage(cfg)
-    folds = pd.read_csv(cfg.paths.folds / "folds.csv", dtype={"speaker": str})
+    folds = pd.read_csv(cfg.folds_dir / "folds.csv", dtype={"speaker": str})
     assert len(folds) == 10
-    first = {k: (cfg.paths.folds / f"trials_fold{k}.csv").read_bytes() for k in range(2)}
+    first = {k: (cfg.folds_dir / f"trials_fold{k}.csv").read_bytes() for k in range(2)}
     for k in range(2):
-        trials = pd.read_csv(cfg.paths.folds / f"trials_fold{k}.csv")
+        trials = pd.read_csv(cfg.folds_dir / f"trials_fold{k}.csv")
         speakers = set(trials["audio_1"].str.split("/").str[1].str.split("-").str[0])
         assert speakers <= set(folds.loc[folds["fold"] == k, "speaker"])
     folds_stage(cfg, force=True)  # deterministic rerun
-    assert first == {k: (cfg.paths.folds / f"trials_fold{k}.csv").read_bytes() for k in range(2)}
+    assert first == {k: (cfg.folds_dir / f"trials_fold{k}.csv").read_bytes() for k in range(2)}

@@ -109,10 +109,22 @@ def test_fine_tuning_starts_from_checkpoint(tiny_experiment, tmp_path: Path) -> 
     saved = torch.load(source, weights_only=False)["model"]
     for name, value in module.model.state_dict().items():
         torch.testing.assert_close(value, saved[name])
+    train_stage(cfg, 1)
     paths = cfg.paths.model_copy(update={"outputs": tmp_path, "prep": cfg.paths.prep_dir})
-    train = cfg.train.model_copy(update={"init_checkpoint": source, "lr": 1e-4, "epochs": 1})
-    tuned = cfg.model_copy(update={"paths": paths, "train": train})
-    assert train_stage(tuned, 1).is_file()
+
+    def tuned_from(path, **train_options):
+        options = {"init_checkpoint": path, "lr": 1e-4, "epochs": 1, **train_options}
+        return cfg.model_copy(
+            update={"paths": paths, "train": cfg.train.model_copy(update=options)}
+        )
+
+    # fold 0's model trained on fold 1's speakers: fold 1 must not start from it
+    with pytest.raises(ValueError, match="saw .* of this fold's .* OOF speakers"):
+        train_stage(tuned_from(source), 1)
+    # fold k from the earlier run's fold k model: never saw fold k
+    per_fold = source.parent.parent / "fold{fold}" / "best.pt"
+    assert train_stage(tuned_from(per_fold), 1).is_file()
+    assert train_stage(tuned_from(source, allow_seen_speakers=True), 1, force=True).is_file()
     wider = cfg.model_copy(update={"model": cfg.model.model_copy(update={"embedding_dim": 48})})
     with pytest.raises(RuntimeError, match="does not fit this model config"):
         load_pretrained_embedder(TrainingModule(wider, 3).model, source)

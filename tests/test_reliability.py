@@ -85,7 +85,7 @@ def test_rerun_reuses_and_a_change_redoes_downstream(tmp_path: Path, caplog) -> 
     first = submission.read_bytes()
 
     # stray temporaries of killed writes next to every output are ignored
-    out_dirs = [cfg.paths.prep_dir, cfg.paths.folds, cfg.fold_dir(0), cfg.experiment_dir,
+    out_dirs = [cfg.paths.prep_dir, cfg.folds_dir, cfg.fold_dir(0), cfg.experiment_dir,
                 cfg.paths.outputs / "stack"]  # fmt: skip
     for folder in out_dirs:
         for name in (".manifest.csv.k1.tmp", ".best.pt.k1.tmp", ".oof_scores.csv.k1.tmp"):
@@ -455,7 +455,7 @@ def test_folds_refuse_a_fold_without_trials(tmp_path: Path) -> None:
     prepare_stage(cfg)
     with pytest.raises(ValueError, match="fold 0 has no trials.*two usable training files"):
         folds_stage(cfg)
-    assert not (cfg.paths.folds / "folds.csv").exists()
+    assert not (cfg.folds_dir / "folds.csv").exists()
 
 
 def test_embed_refuses_a_cache_that_does_not_match_the_manifest(zalo_root, tmp_path) -> None:

@@ -27,13 +27,13 @@ def tiny(tmp_path_factory):
 
 
 def _fold_speakers(cfg, fold: int) -> set[str]:
-    in_fold, _ = split_by_fold(read_manifest(cfg.paths.prep_dir), cfg.paths.folds, fold)
+    in_fold, _ = split_by_fold(read_manifest(cfg.paths.prep_dir), cfg.folds_dir, fold)
     return set(in_fold["speaker"])
 
 
 def test_holdout_training_never_reads_the_fold_trials(tiny, tmp_path: Path) -> None:
     """Fold 0 trains and picks best.pt with its own trial file unreadable: it cannot peek."""
-    trials = tiny.paths.folds / "trials_fold0.csv"
+    trials = tiny.folds_dir / "trials_fold0.csv"
     saved = trials.read_bytes()
     trials.write_text("not,a,trial\nfile")
     try:

@@ -164,8 +164,8 @@ def trial_summary(trials: pd.DataFrame, files: pd.DataFrame) -> dict[str, float]
 
 
 def folds_stage(cfg: ExperimentConfig, force: bool = False) -> None:
-    """Write folds.csv and one trials_fold{k}.csv per fold into ``cfg.paths.folds``."""
-    out = cfg.paths.folds
+    """Write folds.csv and one trials_fold{k}.csv per fold into ``cfg.folds_dir``."""
+    out = cfg.folds_dir
     manifest_path = cfg.paths.prep_dir / "manifest.csv"
     stamp = fingerprint(cfg.folds.model_dump(), cfg.seed, files_fingerprint([manifest_path]))
     outputs = [out / "folds.csv"] + [out / f"trials_fold{k}.csv" for k in range(cfg.folds.n_folds)]

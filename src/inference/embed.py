@@ -90,7 +90,7 @@ def cohort_ids(files: pd.DataFrame, per_speaker: int, seed: int) -> list[str]:
 
 def embedding_roles(cfg: ExperimentConfig, manifest: pd.DataFrame, fold: int) -> pd.DataFrame:
     """Which clips a fold embeds: its OOF clips, every test clip, a cohort of training speakers."""
-    oof, cohort_pool = split_by_fold(manifest, cfg.paths.folds, fold)
+    oof, cohort_pool = split_by_fold(manifest, cfg.folds_dir, fold)
     cohort = cohort_pool[
         cohort_pool["id"].isin(
             cohort_ids(cohort_pool, cfg.score.cohort_files_per_speaker, cfg.seed)
@@ -109,7 +109,7 @@ def embed_stage(cfg: ExperimentConfig, fold: int, force: bool = False) -> Path:
         cfg.embed.model_dump(),
         cfg.score.cohort_files_per_speaker,
         extractor.fingerprint,
-        files_fingerprint([cfg.paths.prep_dir / "manifest.csv", cfg.paths.folds / "folds.csv"]),
+        files_fingerprint([cfg.paths.prep_dir / "manifest.csv", cfg.folds_dir / "folds.csv"]),
     )
     if not force and is_fresh(out.parent, "embed", stamp, [out]):
         log.info("embed fold %d: unchanged, reusing %s", fold, out)

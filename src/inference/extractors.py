@@ -53,13 +53,47 @@ class ModuleExtractor(EmbeddingExtractor):
         return torch.nn.functional.normalize(vectors, dim=1).cpu().numpy()
 
 
-def load_cnn_extractor(checkpoint_path: Path, device: str = "auto") -> ModuleExtractor:
-    """A trained fold model, rebuilt from the config saved inside its checkpoint."""
+# settings a trained model is defined by: a checkpoint written under others is refused
+MODEL_SECTIONS = ("features", "model")
+MODEL_KEYS_IGNORED = {"model.pretrained", "model.channels_last"}  # same weights either way
+
+
+def model_mismatches(saved: dict, cfg: ExperimentConfig) -> list[str]:
+    """``key: saved -> configured`` for each model setting where checkpoint and config differ."""
+    wanted = cfg.model_dump(mode="json")
+    problems = []
+    for section in MODEL_SECTIONS:
+        for key, value in wanted[section].items():
+            name = f"{section}.{key}"
+            old = saved.get(section, {}).get(key)
+            if name not in MODEL_KEYS_IGNORED and old != value:
+                problems.append(f"{name}: {old!r} -> {value!r}")
+    if saved.get("data", {}).get("sample_rate") != cfg.data.sample_rate:
+        problems.append(
+            f"data.sample_rate: {saved.get('data', {}).get('sample_rate')!r} -> "
+            f"{cfg.data.sample_rate!r}"
+        )
+    return problems
+
+
+def load_cnn_extractor(
+    checkpoint_path: Path, device: str = "auto", cfg: ExperimentConfig | None = None
+) -> ModuleExtractor:
+    """A trained fold model, rebuilt from the config saved inside its checkpoint.
+
+    With ``cfg``, a checkpoint trained with other model settings is refused, naming them.
+    """
     from src.model_zoo import build_embedder
 
     target = pick_device(device)
     state = load_checkpoint(checkpoint_path, "cpu")
     config = state["config"]
+    problems = model_mismatches(config, cfg) if cfg is not None else []
+    if problems:
+        raise ValueError(
+            f"{checkpoint_path} was trained with other model settings than this config "
+            f"({'; '.join(problems)}): train this run first, or use the run that wrote it"
+        )
     model = build_embedder(
         FeaturesConfig(**config["features"]),
         ModelConfig(**{**config["model"], "pretrained": False}),
@@ -72,7 +106,7 @@ def load_cnn_extractor(checkpoint_path: Path, device: str = "auto") -> ModuleExt
 
 
 def _cnn(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:
-    return load_cnn_extractor(cfg.fold_dir(fold) / "best.pt", cfg.train.device)
+    return load_cnn_extractor(cfg.fold_dir(fold) / "best.pt", cfg.train.device, cfg)
 
 
 def _resemblyzer(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:

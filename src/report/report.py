@@ -51,7 +51,7 @@ def collect_sources(cfg: ExperimentConfig) -> dict[str, Source]:
     """Every first-level score of the stacked experiments, and the stack if it has run."""
     outputs = cfg.paths.outputs
     sources: dict[str, Source] = {}
-    for exp in cfg.stack.experiments or [cfg.experiment]:
+    for exp in cfg.stack.experiments or [cfg.run_name]:
         oof_path, test_path = outputs / exp / "oof_scores.csv", outputs / exp / "test_scores.csv"
         if not oof_path.is_file():
             log.warning("report: %s has no oof_scores.csv; skipped", exp)
@@ -67,10 +67,10 @@ def collect_sources(cfg: ExperimentConfig) -> dict[str, Source]:
                 test[score].to_numpy() if has_test else None,
                 test[PAIR_KEYS] if has_test else None,
             )
-    stack = outputs / "stack" / "oof_predictions.csv"
+    stack = cfg.stack_dir / "oof_predictions.csv"
     if stack.is_file():
         oof = read_csv(stack, ["fold", *PAIR_KEYS, "label", "prob"], "stack OOF predictions")
-        test_path = outputs / "stack" / "test_predictions.csv"
+        test_path = cfg.stack_dir / "test_predictions.csv"
         test = (
             read_csv(test_path, [*PAIR_KEYS, "prob"], "stack test") if test_path.is_file() else None
         )
@@ -361,7 +361,7 @@ def _with_checked_test(source: Source, expected: pd.DataFrame | None) -> Source:
 
 def report_stage(cfg: ExperimentConfig) -> None:
     """CLI entry: write ``<outputs>/report/`` (metrics, figures, breakdowns, summary)."""
-    out = cfg.paths.outputs / "report"
+    out = cfg.report_dir
     share, policy = cfg.submit.positive_share, cfg.submit.policy
     sources = collect_sources(cfg)
     test_csv = cfg.paths.input / cfg.data.test_csv
@@ -399,7 +399,7 @@ def report_stage(cfg: ExperimentConfig) -> None:
     plot_histograms(
         {n: (*oof[n], s.test) for n, s in sources.items()}, out / "score_histograms.png"
     )
-    extra = _stack_extras(cfg.paths.outputs / "stack")
+    extra = _stack_extras(cfg.stack_dir)
     extra["test_train_copies"] = _copies(cfg)
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)

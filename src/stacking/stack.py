@@ -329,7 +329,7 @@ def run_stack(
         Where to write; defaults to ``<outputs>/stack``.
     """
     started = time.perf_counter()
-    out_dir = out_dir or cfg.paths.outputs / "stack"
+    out_dir = out_dir or cfg.stack_dir
     experiments = align_experiments([load_experiment(Path(d)) for d in experiment_dirs])
     manifest_path = cfg.paths.prep_dir / "manifest.csv"
     manifest = load_manifest(cfg.paths.prep_dir) if manifest_path.is_file() else None
@@ -382,9 +382,9 @@ def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     Skipped when the score tables, the manifest and ``cfg.stack`` are unchanged since the last
     complete run (``force`` redoes it).
     """
-    names = cfg.stack.experiments or [cfg.experiment]
+    names = cfg.stack.experiments or [cfg.run_name]
     dirs = [cfg.paths.outputs / name for name in names]
-    out_dir = cfg.paths.outputs / "stack"
+    out_dir = cfg.stack_dir
     inputs = [d / f for d in dirs for f in STACK_INPUTS] + [cfg.paths.prep_dir / "manifest.csv"]
     stamp = fingerprint(
         cfg.stack.model_dump(mode="json"), cfg.seed, names, files_fingerprint(inputs)

@@ -141,12 +141,12 @@ def load_source(cfg: ExperimentConfig) -> ScoreSource:
     """The scores ``cfg.submit.source`` names: stack predictions or one experiment's score."""
     outputs = cfg.paths.outputs
     if cfg.submit.source == "stack":
-        stack = outputs / "stack"
+        stack = cfg.stack_dir
         test = read_csv(stack / "test_predictions.csv", [*PAIR_KEYS, "prob"], "stack predictions")
         oof = read_csv(stack / "oof_predictions.csv", ["label", "prob"], "stack OOF predictions")
         test = test.rename(columns={"prob": "score"})
         return ScoreSource("stack", test, oof["prob"].to_numpy(), oof["label"].to_numpy())
-    experiment = cfg.submit.experiment or cfg.experiment
+    experiment = cfg.submit.experiment or cfg.run_name
     column = cfg.submit.score
     directory = outputs / experiment
     test = read_csv(directory / "test_scores.csv", [*PAIR_KEYS, column], f"{experiment} test")
@@ -219,10 +219,11 @@ def submit_stage(cfg: ExperimentConfig) -> None:
             "%d pair(s) labelled by the training speakers of copied test files",
             int((table["label_source"] == "train_copies").sum()),
         )
-    write_csv(cfg.paths.outputs / "submission_scores.csv", table)
-    write_csv(cfg.paths.outputs / "submission.csv", table[[*PAIR_KEYS, "label"]])
+    write_csv(cfg.submission_scores_path, table)
+    write_csv(cfg.submission_path, table[[*PAIR_KEYS, "label"]])
     log.info(
-        "submission from %s, policy %s (threshold %.4f): %d pairs, %.1f %% same speaker",
+        "%s from %s, policy %s (threshold %.4f): %d pairs, %.1f %% same speaker",
+        cfg.submission_path,
         source.name,
         cfg.submit.policy,
         threshold,

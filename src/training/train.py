@@ -55,7 +55,7 @@ TRAINING_SECTIONS = ("seed", "data", "folds", "features", "augment", "model", "h
 def training_fingerprint(cfg: ExperimentConfig) -> str:
     """What a trained model depends on: the training config sections and the data files."""
     dumped = cfg.model_dump(mode="json")
-    inputs = files_fingerprint([cfg.paths.prep_dir / "manifest.csv", cfg.paths.folds / "folds.csv"])
+    inputs = files_fingerprint([cfg.paths.prep_dir / "manifest.csv", cfg.folds_dir / "folds.csv"])
     return fingerprint({k: dumped[k] for k in TRAINING_SECTIONS}, inputs)
 
 
@@ -66,6 +66,7 @@ class FoldTrainingData:
     train_files: pd.DataFrame  # clips of the training speakers
     validation_trials: pd.DataFrame | None  # trials among held-out speakers (selection=holdout)
     validation_speakers: list[str]
+    oof_speakers: set[str]  # fold k's own speakers: nothing here may have seen them
 
 
 def fold_training_data(cfg: ExperimentConfig, fold: int) -> FoldTrainingData:
@@ -73,11 +74,12 @@ def fold_training_data(cfg: ExperimentConfig, fold: int) -> FoldTrainingData:
 
     Fold ``fold``'s own clips and trials are never used here: they are its OOF set.
     """
-    _, others = split_by_fold(read_manifest(cfg.paths.prep_dir), cfg.paths.folds, fold)
+    in_fold, others = split_by_fold(read_manifest(cfg.paths.prep_dir), cfg.folds_dir, fold)
+    oof_speakers = set(in_fold["speaker"].astype(str))
     if cfg.train.selection == "average":
-        return FoldTrainingData(others, None, [])
+        return FoldTrainingData(others, None, [], oof_speakers)
     train_files, held, trials = holdout_split(cfg, others, fold)
-    return FoldTrainingData(train_files, trials, sorted(held["speaker"].unique()))
+    return FoldTrainingData(train_files, trials, sorted(held["speaker"].unique()), oof_speakers)
 
 
 def epoch_seed(cfg: ExperimentConfig, fold: int, epoch: int, rank: int) -> int:
@@ -130,12 +132,57 @@ class TrainingModule(torch.nn.Module):
         return loss, accuracy
 
 
-def load_pretrained_embedder(model: torch.nn.Module, path: Path) -> None:
+def init_checkpoint_path(cfg: ExperimentConfig, fold: int) -> Path | None:
+    """``train.init_checkpoint`` for ``fold`` (``{fold}`` in the path becomes the fold)."""
+    path = cfg.train.init_checkpoint
+    return None if path is None else Path(str(path).replace("{fold}", str(fold)))
+
+
+def check_unseen_speakers(
+    state: dict[str, Any], path: Path, oof_speakers: set[str], allow: bool
+) -> None:
+    """Refuse a starting checkpoint that trained on (or was chosen on) fold OOF speakers.
+
+    Raises
+    ------
+    ValueError
+        Naming the overlap, unless ``allow`` (``train.allow_seen_speakers``), which warns.
+    """
+    if "speakers" not in state:
+        log.warning(
+            "init_checkpoint %s does not record its training speakers: cannot check that it "
+            "never saw this fold's OOF speakers",
+            path,
+        )
+        return
+    seen = set(map(str, state["speakers"])) | set(map(str, state.get("validation_speakers", [])))
+    overlap = sorted(seen & oof_speakers)
+    if not overlap:
+        return
+    message = (
+        f"init_checkpoint {path} saw {len(overlap)} of this fold's {len(oof_speakers)} OOF "
+        f"speakers (e.g. {overlap[:5]}), so its OOF scores would leak"
+    )
+    if not allow:
+        raise ValueError(
+            f"{message}; start fold k from a model that never saw fold k (e.g. a path with "
+            "'{fold}', or a model pretrained on other data), or set "
+            "train.allow_seen_speakers=true to accept optimistic OOF figures"
+        )
+    log.warning("LEAK ACCEPTED (train.allow_seen_speakers=true): %s", message)
+
+
+def load_pretrained_embedder(
+    model: torch.nn.Module, path: Path, oof_speakers: set[str] | None = None, allow: bool = False
+) -> None:
     """Initialise an embedder from a ``best.pt``/``last.pt`` of an earlier run (fine-tuning).
 
-    The speaker head is not loaded: the new data has other speakers.
+    The speaker head is not loaded: the new data has other speakers. With ``oof_speakers``,
+    a checkpoint that saw any of them is refused (see :func:`check_unseen_speakers`).
     """
     state = load_checkpoint(path)
+    if oof_speakers is not None:
+        check_unseen_speakers(state, path, oof_speakers, allow)
     weights = state["model"] if "model" in state else state["modules"]
     weights = {
         k.removeprefix("model."): v
@@ -151,12 +198,15 @@ def load_pretrained_embedder(model: torch.nn.Module, path: Path) -> None:
         ) from None
 
 
-def build_training_objects(cfg: ExperimentConfig, n_speakers: int, device: torch.device):
+def build_training_objects(
+    cfg: ExperimentConfig, n_speakers: int, device: torch.device, fold: int, oof_speakers: set[str]
+):
     """Training module (optionally initialised from a checkpoint) and its optimiser."""
     modules = TrainingModule(cfg, n_speakers)
-    if cfg.train.init_checkpoint is not None:
-        load_pretrained_embedder(modules.model, cfg.train.init_checkpoint)
-        log.info("fine-tuning from %s", cfg.train.init_checkpoint)
+    start = init_checkpoint_path(cfg, fold)
+    if start is not None:
+        load_pretrained_embedder(modules.model, start, oof_speakers, cfg.train.allow_seen_speakers)
+        log.info("fine-tuning from %s", start)
     modules.to(device)
     params = modules.parameters()
     if cfg.train.optimizer == "sgd":
@@ -205,7 +255,9 @@ def train_stage(
     # every rank takes the same number of steps (a DDP requirement); batches are drawn by
     # global step number, so ranks never share a batch
     steps = -(-steps_per_epoch(cfg.train, len(data.ids)) // ctx.world_size)
-    modules, optimiser = build_training_objects(cfg, len(data.speakers), device)
+    modules, optimiser = build_training_objects(
+        cfg, len(data.speakers), device, fold, split.oof_speakers
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule_for(cfg.train, steps))
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
