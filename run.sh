@@ -1,44 +1,16 @@
 #!/usr/bin/env bash
-# Run the whole pipeline, Kaldi-style: bash run.sh [--config FILE] [--stage N] [--stop-stage M] [key=value ...]
+# Run the whole pipeline, Kaldi-style, in one process:
+#   bash run.sh [--config FILE] [--stage N|NAME] [--stop-stage M|NAME] [--force] [--demo] [key=value ...]
 #   stages: 0 prepare, 1 folds, 2 train, 3 embed, 4 score, 5 stack, 6 submit, 7 report
-# With no data in input/ the deterministic demo data set is generated there first.
-# Finished stages are skipped when their inputs and config are unchanged; --force redoes them.
+# The default config is configs/demo.yaml, which generates the demo data set when input/ is
+# empty; any other config needs its data (or --demo). Finished stages are skipped when their
+# inputs and config are unchanged; --force redoes them. Overrides that change results get their
+# own run folder (see README, "Runs and the leaderboard"). Per stage: python -m src STAGE --help;
+# every config key: python -m src show-config --explain (configs/REFERENCE.md).
 set -euo pipefail
 cd "$(dirname "$0")"
-
-config=configs/demo.yaml
-stage=0
-stop_stage=7
-extra=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --config) config="$2"; shift 2 ;;
-    --stage) stage="$2"; shift 2 ;;
-    --stop-stage) stop_stage="$2"; shift 2 ;;
-    --force) extra+=(--force); shift ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
-    *=*) extra+=("$1"); shift ;;
-    *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
-  esac
+for arg in "$@"; do
+  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 done
-
 bash scripts/setup_env.sh
-PY=.venv/bin/python
-
-input_dir=$("$PY" -m src show-config --config "$config" "${extra[@]}" | "$PY" -c "import sys, yaml; print(yaml.safe_load(sys.stdin)['paths']['input'])")
-if [[ -z "$(ls -A "$input_dir" 2>/dev/null | grep -v '^.gitkeep$' || true)" ]]; then
-  echo "run.sh: $input_dir is empty: generating the demo data set there"
-  partial="${input_dir%/}.demo-partial"  # generated aside, moved in only when complete
-  rm -rf "$partial"
-  "$PY" -m src demo --config "$config" --out "$partial" "${extra[@]}"
-  mkdir -p "$input_dir"
-  mv "$partial"/* "$input_dir"/
-  rmdir "$partial"
-fi
-
-names=(prepare folds train embed score stack submit report)
-for ((i = stage; i <= stop_stage; i++)); do
-  echo "run.sh: stage $i: ${names[$i]}"
-  "$PY" -m src "${names[$i]}" --config "$config" "${extra[@]}"
-done
-echo "run.sh: done"
+exec .venv/bin/python -m src run "$@"

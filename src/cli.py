@@ -1,6 +1,9 @@
-"""Command line: ``python -m src <stage> --config configs/X.yaml [--fold k] [key=value ...]``.
+"""Command line: ``python -m src <command> --config configs/X.yaml [--fold k] [key=value ...]``.
 
-Each stage reads the files the previous one wrote (see DESIGN.md) and can be rerun on its own.
+Commands: ``run`` (the whole pipeline in one process, as ``bash run.sh``), one stage by name
+(each reads the files the previous one wrote and can be rerun on its own), ``leaderboard``,
+``show-config`` (``--explain``: every key with its meaning and default), ``demo``.
+``python -m src <stage> --help`` says what a stage reads and writes.
 """
 
 from __future__ import annotations
@@ -9,16 +12,21 @@ import argparse
 import inspect
 import logging
 import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import import_module
 from pathlib import Path
 
 from src.config import ConfigError, ExperimentConfig, config_to_yaml, load_config
-from src.util.io import write_text
+from src.util.io import read_json, write_json, write_text
 from src.util.logs import setup_logging
 from src.util.seed import seed_everything
 
 log = logging.getLogger("src")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RUN_CONFIG = REPO / "configs" / "demo.yaml"
 
 # stage name -> "module:function"; imported lazily so `prepare` does not pay for torch
 STAGES: dict[str, str] = {
@@ -33,6 +41,7 @@ STAGES: dict[str, str] = {
     "serve": "src.serve.app:serve_stage",
 }
 PER_FOLD = {"train", "embed"}
+TOOLS = ("run", "leaderboard", "demo", "show-config")
 
 
 def _resolve(stage: str) -> Callable[..., object]:
@@ -40,16 +49,50 @@ def _resolve(stage: str) -> Callable[..., object]:
     return getattr(import_module(module), function)
 
 
+class UsageError(ValueError):
+    """A command line that argparse cannot parse."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad command line as one error line (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m src", description=__doc__)
-    parser.add_argument("stage", choices=[*STAGES, "demo", "show-config"])
+    parser = OneLineParser(
+        prog="python -m src", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("stage", metavar="command", choices=[*STAGES, *TOOLS])
     parser.add_argument("--config", type=Path, default=None, help="YAML experiment config")
     parser.add_argument("--fold", type=int, default=None, help="one fold (train, embed)")
     parser.add_argument("--force", action="store_true", help="redo even if outputs are fresh")
     parser.add_argument("--resume", action="store_true", help="train: continue from last.pt")
     parser.add_argument("--out", type=Path, default=None, help="demo: where to write the data")
+    parser.add_argument("--stage", dest="first", default="0", help="run: first stage")
+    parser.add_argument("--stop-stage", dest="last", default="7", help="run: last stage")
+    parser.add_argument("--demo", action="store_true", help="run: demo data if input is empty")
+    parser.add_argument("--explain", action="store_true", help="show-config: the reference")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
     return parser
+
+
+def stage_help(stage: str) -> str:
+    """What one command does: its module's and function's docstrings, and the usage line."""
+    if stage in STAGES:
+        module, function = STAGES[stage].split(":")
+        loaded = import_module(module)
+        text = f"{inspect.getdoc(loaded) or ''}\n\n{inspect.getdoc(getattr(loaded, function))}"
+    else:
+        text = {
+            "run": inspect.getdoc(import_module("src.runner")),
+            "leaderboard": inspect.getdoc(import_module("src.report.leaderboard")),
+            "demo": "Write the deterministic demo data set (Zalo layout) to --out.",
+            "show-config": "Print the resolved config; --explain prints every key's meaning.",
+        }[stage]
+    usage = f"usage: python -m src {stage} --config configs/X.yaml [options] [key.sub=value ...]"
+    return f"{usage}\n\n{text}\n"
 
 
 def save_resolved_config(cfg: ExperimentConfig, folder: Path) -> None:
@@ -64,11 +107,39 @@ def call_stage(stage: str, cfg: ExperimentConfig, fold: int | None = None, **opt
     function = _resolve(stage)
     accepted = inspect.signature(function).parameters
     kwargs = {name: value for name, value in options.items() if name in accepted}
+    started = time.perf_counter()
     if stage in PER_FOLD:
         for k in [fold] if fold is not None else range(cfg.folds.n_folds):
             function(cfg, k, **kwargs)
     else:
         function(cfg, **kwargs)
+    record_run(cfg, stage, time.perf_counter() - started)
+
+
+FIRST_LEVEL_STAGES = ("train", "embed", "score")
+SECOND_LEVEL_STAGES = ("stack", "submit", "report")
+
+
+def record_run(cfg: ExperimentConfig, stage: str, seconds: float) -> None:
+    """Keep ``run.json`` beside a run's results: where its config came from, what it changed
+    relative to its config file, and when each stage last ran (read by the leaderboard)."""
+    if stage in FIRST_LEVEL_STAGES:
+        folder = cfg.experiment_dir
+    elif stage in SECOND_LEVEL_STAGES:
+        folder = cfg.stack_dir
+    else:
+        return
+    if not folder.is_dir():
+        return
+    path = folder / "run.json"
+    record = read_json(path) if path.is_file() else {"stages": {}}
+    record |= {"run": cfg.run_name, "experiment": cfg.experiment, "variant": cfg.variant}
+    record |= cfg.origin
+    record["stages"][stage] = {
+        "seconds": round(seconds, 3),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json(path, record)
 
 
 def run_stage(stage: str, cfg: ExperimentConfig, args: argparse.Namespace) -> None:
@@ -76,24 +147,54 @@ def run_stage(stage: str, cfg: ExperimentConfig, args: argparse.Namespace) -> No
     call_stage(stage, cfg, args.fold, force=args.force, resume=args.resume)
 
 
+def run_tool(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
+    """The commands that are not one stage: run, leaderboard, show-config, demo."""
+    if args.stage == "show-config":
+        if args.explain:
+            from src.config_reference import config_reference
+
+            sys.stdout.write(config_reference())
+        else:
+            sys.stdout.write(config_to_yaml(cfg))
+    elif args.stage == "demo":
+        from src.data.demo import generate_demo
+
+        generate_demo(args.out or cfg.paths.input, seed=cfg.seed)
+    elif args.stage == "leaderboard":
+        from src.report.leaderboard import print_leaderboard
+
+        print_leaderboard(cfg.paths.outputs)
+    else:
+        from src.runner import run_pipeline, stage_range
+
+        stages = stage_range(args.first, args.last)
+        seed_everything(cfg.seed)
+        run_pipeline(cfg, stages, force=args.force, demo=args.demo)
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
-    args = build_parser().parse_intermixed_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] in (*STAGES, *TOOLS) and {"-h", "--help"} & set(argv[1:]):
+        sys.stdout.write(stage_help(argv[0]))
+        return 0
+    try:
+        args = build_parser().parse_intermixed_args(argv)
+    except UsageError as err:
+        log.error("%s (see python -m src --help, or bash run.sh --help)", err)
+        return 2
+    if args.stage == "run" and args.config is None:
+        args.config = DEFAULT_RUN_CONFIG
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         log.error("%s", err)
         return 2
-    if args.stage == "show-config":
-        sys.stdout.write(config_to_yaml(cfg))
-        return 0
-    if args.stage == "demo":
-        from src.data.demo import generate_demo
-
-        generate_demo(args.out or cfg.paths.input, seed=cfg.seed)
-        return 0
     try:
-        run_stage(args.stage, cfg, args)
+        if args.stage in TOOLS:
+            run_tool(args, cfg)
+        else:
+            run_stage(args.stage, cfg, args)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: missing file, disk full, ...
         log.error("%s failed: %s", args.stage, err)
         return 1

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 
 class ConfigError(ValueError):
@@ -45,6 +45,7 @@ class PathsConfig(Section):
 
 
 class DataConfig(Section):
+    demo: bool = Field(False, description="generate the demo data set when the input is empty")
     sample_rate: int = Field(16000, gt=0)
     train_dir: str = "train"
     test_dir: str = "public-test"
@@ -245,6 +246,19 @@ class ExperimentConfig(Section):
     stack: StackConfig = StackConfig()
     submit: SubmitConfig = SubmitConfig()
     serve: ServeConfig = ServeConfig()
+    # where this config came from (file, overrides, result-changing settings): for run records
+    _origin: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def origin(self) -> dict[str, Any]:
+        return dict(self._origin)
+
+    def __eq__(self, other: object) -> bool:  # the settings alone, not where they came from
+        if not isinstance(other, ExperimentConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable settings: not hashable
 
     @property
     def run_name(self) -> str:
@@ -418,9 +432,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """
     raw = _read_yaml_chain(Path(path)) if path is not None else {}
     cfg = config_from_dict(apply_overrides(raw, overrides or []))
-    if path is None or not overrides:
-        return cfg
-    return with_run_identity(config_from_dict(raw), cfg)
+    changed: dict[str, Any] = {}
+    if path is not None and overrides:
+        base = config_from_dict(raw)
+        changed = changed_settings(base, cfg)
+        cfg = with_run_identity(base, cfg)
+    cfg._origin = {
+        "config_file": None if path is None else str(path),
+        "overrides": list(overrides or []),
+        "changed": changed,
+    }
+    return cfg
 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:

@@ -87,3 +87,30 @@ def plot_histograms(
         ax.set_visible(False)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_training_curves(histories: dict[str, list], path: Path) -> None:
+    """Loss and validation EER per epoch, one line per fold, one column per run.
+
+    Parameters
+    ----------
+    histories
+        ``run -> [history table of fold 0, fold 1, ...]`` (``history.csv`` of the train stage).
+    """
+    runs = list(histories)
+    fig, axes = plt.subplots(2, len(runs), figsize=(5 * len(runs), 6), squeeze=False)
+    for column, run in enumerate(runs):
+        for fold, history in enumerate(histories[run]):
+            axes[0, column].plot(history["epoch"], history["loss"], label=f"fold {fold}")
+            if history["val_eer"].notna().any():
+                axes[1, column].plot(
+                    history["epoch"], 100 * history["val_eer"], label=f"fold {fold}"
+                )
+        axes[0, column].set_title(f"{run}: training loss")
+        axes[1, column].set_title(f"{run}: validation EER (%), held-out speakers")
+        axes[1, column].set_xlabel("epoch")
+        for ax in axes[:, column]:
+            ax.grid(True, linewidth=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

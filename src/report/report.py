@@ -28,7 +28,7 @@ from src.stacking.inputs import PAIR_KEYS, load_manifest, read_csv, read_test_pa
 from src.stacking.submit import POLICIES, apply_policy
 from src.util.io import read_json, write_csv, write_json, write_text
 
-from .plots import plot_det, plot_histograms
+from .plots import plot_det, plot_histograms, plot_training_curves
 
 log = logging.getLogger(__name__)
 
@@ -318,8 +318,18 @@ def summary_markdown(
         ]
     if extra.get("top_features"):
         lines += ["", "## Top stack features (gain)", "", ", ".join(extra["top_features"])]
-    lines += ["", "Figures: `det.png`, `score_histograms.png`.", ""]
+    lines += ["", "Figures: `det.png`, `score_histograms.png`, `training_curves.png`.", ""]
     return "\n".join(lines)
+
+
+def training_histories(cfg: ExperimentConfig) -> dict[str, list[pd.DataFrame]]:
+    """Each reported run's ``fold{k}/history.csv`` tables (runs that trained nothing: none)."""
+    histories = {}
+    for run in cfg.stack.experiments or [cfg.run_name]:
+        paths = sorted((cfg.paths.outputs / run).glob("fold*/history.csv"))
+        if paths:
+            histories[run] = [pd.read_csv(p) for p in paths]
+    return histories
 
 
 def _copies(cfg: ExperimentConfig) -> dict | None:
@@ -399,6 +409,9 @@ def report_stage(cfg: ExperimentConfig) -> None:
     plot_histograms(
         {n: (*oof[n], s.test) for n, s in sources.items()}, out / "score_histograms.png"
     )
+    histories = training_histories(cfg)
+    if histories:
+        plot_training_curves(histories, out / "training_curves.png")
     extra = _stack_extras(cfg.stack_dir)
     extra["test_train_copies"] = _copies(cfg)
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))

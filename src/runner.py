@@ -1,0 +1,104 @@
+"""The whole pipeline in one process: ``python -m src run`` (what ``bash run.sh`` calls).
+
+One process imports torch once, so a fully cached rerun (every stage reused) takes seconds.
+Stages are named or numbered (``--stage train --stop-stage 4``); an empty range is refused. Demo
+data is generated only for a demo config (``data.demo: true``) or with ``--demo``; any other
+config whose input folder is missing or empty stops with the path and the expected layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from src.config import ExperimentConfig
+
+log = logging.getLogger("src.run")
+
+PIPELINE = ("prepare", "folds", "train", "embed", "score", "stack", "submit", "report")
+LAYOUT = "train/<id>-<gender>-<age>/*.wav, public-test/*.wav and public-test.csv (audio_1,audio_2)"
+
+
+class RunError(ValueError):
+    """A run that cannot start: bad stage range, no input data."""
+
+
+def stage_index(text: str) -> int:
+    """Position of a stage given by number (``"2"``) or name (``"train"``)."""
+    if text.isdigit() and int(text) < len(PIPELINE):
+        return int(text)
+    if text in PIPELINE:
+        return PIPELINE.index(text)
+    choices = ", ".join(f"{i} {name}" for i, name in enumerate(PIPELINE))
+    raise RunError(f"unknown stage {text!r}; choose one of: {choices}")
+
+
+def stage_range(start: str, stop: str) -> list[str]:
+    """The stages from ``start`` to ``stop`` inclusive.
+
+    >>> stage_range("embed", "5")
+    ['embed', 'score', 'stack']
+    """
+    first, last = stage_index(start), stage_index(stop)
+    if first > last:
+        raise RunError(
+            f"empty stage range: --stage {start} ({PIPELINE[first]}) comes after "
+            f"--stop-stage {stop} ({PIPELINE[last]})"
+        )
+    return list(PIPELINE[first : last + 1])
+
+
+def has_input(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name != ".gitkeep" for p in folder.iterdir())
+
+
+def ensure_input(cfg: ExperimentConfig, demo: bool) -> None:
+    """Check the data folder; generate the demo data there only for a demo run.
+
+    Raises
+    ------
+    RunError
+        For a non-demo config whose input folder is missing or empty.
+    """
+    folder = cfg.paths.input
+    if has_input(folder):
+        return
+    if not (demo or cfg.data.demo):
+        state = "is empty" if folder.is_dir() else "does not exist"
+        raise RunError(
+            f"input folder {folder} {state}: put your data there in the Zalo layout ({LAYOUT}), "
+            "or point paths.input at it; demo data is generated only for configs/demo.yaml "
+            "or with --demo"
+        )
+    from src.data.demo import generate_demo
+
+    log.info("%s is empty: generating the demo data set there", folder)
+    partial = folder.with_name(folder.name + ".demo-partial")  # moved in only when complete
+    shutil.rmtree(partial, ignore_errors=True)
+    generate_demo(partial, seed=cfg.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in partial.iterdir():
+        item.rename(folder / item.name)
+    partial.rmdir()
+
+
+def run_pipeline(
+    cfg: ExperimentConfig, stages: list[str], force: bool = False, demo: bool = False
+) -> dict[str, float]:
+    """Run ``stages`` in order in this process; returns each stage's wall time in seconds."""
+    from src.cli import call_stage
+
+    if "prepare" in stages or not (cfg.paths.prep_dir / "manifest.csv").is_file():
+        ensure_input(cfg, demo)
+    log.info("run %s (variant %s): stages %s", cfg.run_name, cfg.variant or "-", " ".join(stages))
+    timings: dict[str, float] = {}
+    for number, stage in enumerate(stages, 1):
+        log.info("stage %d/%d: %s", number, len(stages), stage)
+        started = time.perf_counter()
+        call_stage(stage, cfg, force=force)
+        timings[stage] = time.perf_counter() - started
+        log.info("stage %s done in %.1f s", stage, timings[stage])
+    log.info("done in %.1f s; submission: %s", sum(timings.values()), cfg.submission_path)
+    return timings
