@@ -215,3 +215,18 @@ def test_answer_key_is_part_of_the_score_fingerprint(tiny_experiment, tmp_path: 
             key.unlink()
         else:
             key.write_bytes(saved)
+
+
+def test_a_failed_score_keeps_the_last_good_scores(tiny_experiment) -> None:
+    """A fold count that does not match the embeddings fails before anything is removed."""
+    cfg = tiny_experiment
+    for fold in range(2):
+        train_stage(cfg, fold)
+        embed_stage(cfg, fold)
+    score_stage(cfg)
+    names = ("oof_scores.csv", "test_scores.csv", "metrics.json")
+    before = {n: (cfg.experiment_dir / n).read_bytes() for n in names}
+    three = cfg.model_copy(update={"folds": cfg.folds.model_copy(update={"n_folds": 3})})
+    with pytest.raises(FileNotFoundError, match="existing scores .* are unchanged"):
+        score_stage(three)
+    assert {n: (cfg.experiment_dir / n).read_bytes() for n in names} == before

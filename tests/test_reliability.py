@@ -194,8 +194,9 @@ def test_submission_is_never_written_partially(tmp_path: Path, monkeypatch) -> N
 
 
 def test_prepare_killed_mid_decode_or_after_the_cache_swap(zalo_root, tmp_path, monkeypatch):
-    """Mid-decode: the old manifest and cache stay, consistent. After the new cache replaced
-    the old one: no manifest is left to pair with it. Either way the rerun redoes prepare."""
+    """Mid-decode or any failure before the swap: the old manifest and cache stay, consistent
+    (outputs are built aside). Killed mid-swap, after the new cache replaced the old one: no
+    manifest is left to pair with it. Either way the rerun redoes prepare."""
     import src.data.prepare as prepare_module
 
     cfg = config_for(zalo_root, tmp_path)
@@ -214,20 +215,39 @@ def test_prepare_killed_mid_decode_or_after_the_cache_swap(zalo_root, tmp_path, 
     monkeypatch.setattr(prepare_module, "_decode_job", decode_then_die)
     with pytest.raises(KeyboardInterrupt):
         prepare_stage(cfg)
-    assert (prep / "audio.int16").read_bytes() == old_cache
-    assert (prep / "manifest.csv").read_bytes() == old_manifest
-    assert not stamp_path(prep, "prepare").exists() and not tmp_files(prep)
-    AudioCache(prep)  # still a consistent pair
+    old_stamp = stamp_path(prep, "prepare").read_bytes()
 
+    def old_outputs_intact() -> None:
+        assert (prep / "audio.int16").read_bytes() == old_cache
+        assert (prep / "manifest.csv").read_bytes() == old_manifest
+        assert stamp_path(prep, "prepare").read_bytes() == old_stamp  # of the old inputs
+        assert not tmp_files(prep) and not (prep / ".staging").exists()
+        AudioCache(prep)  # still a consistent pair
+
+    old_outputs_intact()
     monkeypatch.setattr(prepare_module, "_decode_job", real_decode)
-    monkeypatch.setattr(prepare_module, "_mark_duplicates", _raise(KeyboardInterrupt))
+    monkeypatch.setattr(prepare_module, "_mark_duplicates", _raise(ValueError))
+    with pytest.raises(ValueError):
+        prepare_stage(cfg)
+    old_outputs_intact()
+
+    real_replace = prepare_module.os.replace
+
+    def replace_then_die(source, target):
+        if Path(source).name == "manifest.csv" and Path(source).parent.name == ".staging":
+            raise KeyboardInterrupt("killed mid-swap")
+        real_replace(source, target)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(prepare_module.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
         prepare_stage(cfg)
+    monkeypatch.undo()
     assert (prep / "audio.int16").read_bytes() != old_cache
+    assert not stamp_path(prep, "prepare").exists()
     with pytest.raises(FileNotFoundError, match="run the prepare stage first"):
         read_manifest(prep)
 
-    monkeypatch.undo()
     manifest = read_manifest(prepare_stage(cfg))
     assert "added.wav" in set(manifest["name"])
     cache = AudioCache(prep)

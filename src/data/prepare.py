@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -211,30 +212,64 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     if pairs is not None:
         check_pairs_exist(pairs, {f.name for f in files if f.split == "test"}, csv_path)
 
-    mark_started(prep_dir, "prepare")
-    prep_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _decode_all(files, cfg.data, prep_dir / CACHE_NAME, skipped)
+    staging = prep_dir / ".staging"  # built aside: a failure leaves the last good outputs
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest = build_outputs(cfg, files, skipped, pairs, csv_path, staging)
+        mark_started(prep_dir, "prepare")
+        promote(staging, prep_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if pairs is None:  # an earlier run's pairs must not outlive the CSV they came from
+        (prep_dir / "test_pairs.csv").unlink(missing_ok=True)
+    _log_counts(manifest, skipped)
+    mark_done(prep_dir, "prepare", stamp)
+    return prep_dir
+
+
+def build_outputs(
+    cfg: ExperimentConfig,
+    files: list[SourceFile],
+    skipped: list[SkippedFile],
+    pairs: pd.DataFrame | None,
+    csv_path: Path,
+    out: Path,
+) -> pd.DataFrame:
+    """Decode every file and write the cache, manifest and lists into ``out``; the manifest."""
+    manifest = _decode_all(files, cfg.data, out / CACHE_NAME, skipped)
     manifest = _mark_duplicates(manifest)
     copies = test_train_copies(manifest)
-    check_test_train_copies(copies, cfg.data.test_train_copies, prep_dir / COPIES_NAME)
-    write_csv(prep_dir / COPIES_NAME, copies)
-    write_csv(prep_dir / "bad_files.csv", skipped_frame(skipped))
+    where = cfg.paths.prep_dir / COPIES_NAME
+    check_test_train_copies(copies, cfg.data.test_train_copies, where)
+    write_csv(out / COPIES_NAME, copies)
+    write_csv(out / "bad_files.csv", skipped_frame(skipped))
     if pairs is not None:
         usable = set(manifest.loc[manifest["split"] == "test", "name"])
         try:
             check_pairs_exist(pairs, usable, csv_path)
         except DataLayoutError as err:
-            raise DataLayoutError(f"{err} (reasons in {prep_dir / 'bad_files.csv'})") from None
-        write_csv(prep_dir / "test_pairs.csv", pairs)
-    else:  # an earlier run's pairs must not outlive the CSV they came from
-        (prep_dir / "test_pairs.csv").unlink(missing_ok=True)
-    write_csv(prep_dir / "manifest.csv", manifest)
-    _log_counts(manifest, skipped)
-    write_text(
-        prep_dir / "README.txt", "Written by `python -m src prepare`; see src/data/prepare.py\n"
-    )
-    mark_done(prep_dir, "prepare", stamp)
-    return prep_dir
+            bad = cfg.paths.prep_dir / "bad_files.csv"
+            write_csv(bad, skipped_frame(skipped))  # the reasons, beside the last good outputs
+            raise DataLayoutError(f"{err} (reasons in {bad})") from None
+        write_csv(out / "test_pairs.csv", pairs)
+    write_csv(out / "manifest.csv", manifest)
+    write_text(out / "README.txt", "Written by `python -m src prepare`; see src/data/prepare.py\n")
+    return manifest
+
+
+def promote(staging: Path, target: Path) -> None:
+    """Move every file of ``staging`` into ``target``; the manifest goes first and comes last.
+
+    The old manifest's offsets point into the old cache, so it is removed before the cache is
+    replaced and the new one arrives last: a crash in between leaves no manifest (and no
+    stamp), so the next run redoes the stage and no reader sees a manifest beside a wrong cache.
+    """
+    (target / "manifest.csv").unlink(missing_ok=True)
+    for item in sorted(staging.iterdir()):
+        if item.name != "manifest.csv":
+            os.replace(item, target / item.name)
+    os.replace(staging / "manifest.csv", target / "manifest.csv")
 
 
 def _log_counts(manifest: pd.DataFrame, skipped: list[SkippedFile]) -> None:

@@ -128,9 +128,13 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     if not force and is_fresh(exp, "score", stamp, outputs):
         log.info("score: unchanged, reusing %s", exp)
         return
-    # no mix of old and new score tables for the stack stage to read if this run dies
-    gender_paths = [exp / "gender_oof.csv", exp / "gender_test.csv"]
-    mark_started(exp, "score", [*outputs, exp / "test_scores.csv", *gender_paths])
+    missing = [p for p in [*emb_paths, *trial_paths] if not p.is_file()]
+    if missing:  # checked before anything is touched: the last good scores stay
+        raise FileNotFoundError(
+            f"score needs the trials and embeddings of {k_folds} folds; {len(missing)} missing, "
+            f"e.g. {missing[0]} (run folds and embed with these settings first); "
+            f"the existing scores in {exp} are unchanged"
+        )
     pairs = test_pairs(cfg)
     oof_parts, test_parts = [], []
     for k in range(k_folds):
@@ -145,7 +149,6 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
             test_parts.append(test.add_suffix(f"_fold{k}"))
     oof = pd.concat(oof_parts, ignore_index=True)
     oof = oof[["fold", "audio_1", "audio_2", "label", *scored.columns]]
-    write_csv(exp / "oof_scores.csv", oof)
     metrics = {
         "oof": {
             s: summarise(oof[s].to_numpy(), oof["label"].to_numpy()) for s in ("cosine", "asnorm")
@@ -154,11 +157,20 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     metrics["oof_per_fold_eer"] = {
         int(k): summarise(g["asnorm"], g["label"])["eer"] for k, g in oof.groupby("fold")
     }
-    if pairs is not None:
-        table = _test_table(pairs, test_parts, list(scored.columns))
-        write_csv(exp / "test_scores.csv", table)
+    table = _test_table(pairs, test_parts, list(scored.columns)) if pairs is not None else None
+    if table is not None:
         metrics["test"] = _test_metrics(cfg, table)
-    write_gender_tables(cfg, gender_paths)
+    gender = gather_gender(cfg)
+    # everything computed: only now are the outputs replaced, each atomically; the stamp goes
+    # first so that a kill between the writes leaves the stage to be redone
+    gender_paths = [exp / "gender_oof.csv", exp / "gender_test.csv"]
+    stale = [p for p, keep in ((exp / "test_scores.csv", table is not None),) if not keep]
+    mark_started(exp, "score", stale + (gender_paths if gender is None else []))
+    write_csv(exp / "oof_scores.csv", oof)
+    if table is not None:
+        write_csv(exp / "test_scores.csv", table)
+    for path, frame in zip(gender_paths, gender or (), strict=False):
+        write_csv(path, frame)
     write_json(exp / "metrics.json", metrics)
     log.info(
         "OOF EER cosine %.4f, asnorm %.4f",
@@ -168,14 +180,13 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     mark_done(exp, "score", stamp)
 
 
-def write_gender_tables(cfg: ExperimentConfig, paths: list) -> None:
-    """Gather the folds' ``gender.csv`` into ``gender_oof.csv`` and ``gender_test.csv``."""
+def gather_gender(cfg: ExperimentConfig) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The folds' ``gender.csv`` gathered as (OOF table, test table), or None without them."""
     fold_paths = [cfg.fold_dir(k) / "gender.csv" for k in range(cfg.folds.n_folds)]
     if not all(p.is_file() for p in fold_paths):
-        return
+        return None
     tables = [pd.read_csv(p, dtype={"id": str, "role": str}) for p in fold_paths]
-    for path, table in zip(paths, gather_gender_tables(tables), strict=True):
-        write_csv(path, table)
+    return gather_gender_tables(tables)
 
 
 def _test_table(pairs: pd.DataFrame, parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

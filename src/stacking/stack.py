@@ -392,6 +392,12 @@ def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     if not force and is_fresh(out_dir, "stack", stamp, [out_dir / f for f in STACK_OUTPUTS]):
         log.info("stack: unchanged, reusing %s", out_dir)
         return
-    mark_started(out_dir, "stack", [out_dir / f for f in STACK_OUTPUTS])
+    missing = [d / f for d in dirs for f in STACK_INPUTS[:2] if not (d / f).is_file()]
+    if missing:  # checked before anything is touched: the last good stack stays
+        raise FileNotFoundError(
+            f"stack needs the score tables of {names}; missing {[str(p) for p in missing]} "
+            "(run score for each, or fix stack.experiments); existing outputs unchanged"
+        )
+    mark_started(out_dir, "stack")  # outputs are replaced only after everything is computed
     run_stack(cfg, dirs, out_dir)
     mark_done(out_dir, "stack", stamp)
