@@ -229,3 +229,30 @@ def test_adversarial_flags_a_shifted_feature():
     # a variance shift with the same mean is caught too
     wide = np.r_[rng.normal(0, 1, 500), rng.normal(0, 5, 500)]
     assert single_feature_auc(wide, np.repeat([0, 1], 500), seed=0) > 0.7
+
+
+def test_a_constant_feature_is_never_called_shifted():
+    """All clips at 16 kHz: sample-rate features cannot tell OOF from test (AUC 0.5), even
+    with clip-disjoint splits whose test shares differ (pooled scores used to give ~0.57)."""
+    from src.stacking.adversarial import clip_disjoint_splits, single_feature_auc
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    is_test = (np.arange(n) >= 1000).astype(np.int64)
+    first = np.where(is_test, "t", "o") + rng.integers(0, 60, n).astype(str)
+    second = np.where(is_test, "t", "o") + rng.integers(0, 60, n).astype(str)
+    splits = clip_disjoint_splits(first, second, seed=1)
+    assert single_feature_auc(np.full(n, 16000.0), is_test, splits=splits) == 0.5
+
+
+def test_shift_warning_names_the_features_and_their_medians(caplog, tmp_path):
+    from src.config import StackConfig
+    from src.stacking.adversarial import write_adversarial
+
+    rng = np.random.default_rng(0)
+    oof = pd.DataFrame({"duration_min": rng.gamma(2, 1.3, 4000), "noise": rng.normal(size=4000)})
+    test = pd.DataFrame({"duration_min": rng.gamma(2, 2.2, 4000), "noise": rng.normal(size=4000)})
+    with caplog.at_level(logging.WARNING):
+        summary = write_adversarial(oof, test, StackConfig(adversarial_warn_auc=0.6), 0, tmp_path)
+    assert summary["top_features"][0]["feature"] == "duration_min"
+    assert "duration_min (AUC" in caplog.text and "OOF median" in caplog.text

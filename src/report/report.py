@@ -294,13 +294,22 @@ def summary_markdown(
             "",
             _table(by_gender.round(4)),
         ]
-    if extra.get("shifted_features"):
+    shifted = extra.get("shifted_features")
+    if shifted or extra.get("adversarial_auc", 0) > extra.get("adversarial_warn_auc", 1):
         lines += [
             "",
             "## Warnings",
             "",
-            f"Adversarial validation (AUC {extra['adversarial_auc']:.3f}) finds these features "
-            f"shifted between OOF trials and test pairs: {', '.join(extra['shifted_features'])}.",
+            f"Adversarial validation tells test pairs from OOF trials with AUC "
+            f"{extra['adversarial_auc']:.3f}. "
+            + (
+                f"Shifted features: {', '.join(shifted)}."
+                if shifted
+                else "No single feature is shifted above the warning AUC; the combination is."
+            )
+            + " Most shifted features (see `adversarial.csv`):",
+            "",
+            _table(pd.DataFrame(extra.get("adversarial_top", [])).round(3)),
         ]
     if metrics.get("answer_key_problem"):
         lines += ["", "## Answer key", "", f"Not used: {metrics['answer_key_problem']}."]
@@ -349,7 +358,9 @@ def _stack_extras(stack_dir: Path) -> dict:
     if adversarial.is_file():
         summary = read_json(adversarial)
         extra["adversarial_auc"] = summary["auc"]
+        extra["adversarial_warn_auc"] = summary.get("warn_auc", 0.7)
         extra["shifted_features"] = summary["shifted_features"]
+        extra["adversarial_top"] = summary.get("top_features", [])
     importances = stack_dir / "importances.csv"
     if importances.is_file():
         table = pd.read_csv(importances)
