@@ -140,6 +140,18 @@ def record_run(cfg: ExperimentConfig, stage: str, seconds: float) -> None:
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_json(path, record)
+    if cfg.tracking == "mlflow":
+        from src.util.tracking import flat_settings, folder_metrics, log_run
+
+        params = flat_settings(cfg.model_dump(mode="json")) | {"changed": record.get("changed")}
+        name = folder.name if folder == cfg.experiment_dir else f"{folder.name} ({cfg.run_name})"
+        log_run(
+            cfg.paths.outputs / "mlruns",
+            str(cfg.paths.outputs),
+            name,
+            params,
+            folder_metrics(folder),
+        )
 
 
 def run_stage(stage: str, cfg: ExperimentConfig, args: argparse.Namespace) -> None:

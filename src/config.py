@@ -232,6 +232,9 @@ class ExperimentConfig(Section):
     run: str | None = Field(None, description="first-level folder name under paths.outputs")
     variant: str | None = Field(None, description="suffix of stack, report and submission")
     seed: int = 42
+    tracking: Literal["none", "mlflow"] = Field(
+        "none", description="also log every run to <outputs>/mlruns (MLflow file store, offline)"
+    )
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     folds: FoldsConfig = FoldsConfig()
@@ -375,7 +378,7 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
 
 
 # settings that change no result: never part of a run's identity
-NOT_RESULTS = ("experiment", "run", "variant", "paths", "serve")
+NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "serve")
 NO_RESULT_KEYS = {"data.workers", "train.workers", "train.device", "embed.batch_seconds"}
 SECOND_LEVEL_SECTIONS = ("stack", "submit")
 

@@ -106,7 +106,7 @@ def _tiny_config_file(tmp_path: Path) -> Path:
     settings: dict = {}
     for text in (*TINY, "train.epochs=2", "train.steps_per_epoch=2", "data.workers=1",
                  f"paths.input={tmp_path / 'data'}", f"paths.outputs={tmp_path / 'outputs'}",
-                 f"paths.folds={tmp_path / 'folds'}"):  # fmt: skip
+                 f"paths.folds={tmp_path / 'folds'}", "tracking=mlflow"):  # fmt: skip
         key, value = text.split("=", 1)
         *parents, leaf = key.split(".")
         node = settings
@@ -138,3 +138,18 @@ def test_a_variant_never_overwrites_and_the_leaderboard_lists_both(tmp_path: Pat
     assert variant.run_name in capsys.readouterr().out
     assert len(pd.read_csv(base.paths.outputs / "leaderboard.csv")) == 4
     assert (base.report_dir / "training_curves.png").stat().st_size > 0
+
+    # the offline MLflow file store holds one run per first-level run and per stack
+    runs = {
+        (folder / "tags" / "mlflow.runName").read_text(): folder
+        for folder in (base.paths.outputs / "mlruns" / "1").iterdir()
+        if folder.is_dir()
+    }
+    assert len(runs) == 4 and {base.run_name, variant.run_name} <= set(runs)
+    tuned = runs[variant.run_name]
+    assert (tuned / "params" / "head.margin").read_text() == "0.3"
+    loss = (tuned / "metrics" / "fold0_loss").read_text().splitlines()
+    assert [line.split()[2] for line in loss] == ["1", "2"]  # one point per epoch
+    assert float((tuned / "metrics" / "oof_asnorm_eer").read_text().split()[1]) == pytest.approx(
+        table.set_index("run").loc[variant.run_name, "oof_eer"]
+    )
