@@ -194,6 +194,9 @@ class StackConfig(Section):
     early_stopping_rounds: int = Field(50, ge=1)
     min_child_samples: int = Field(20, ge=1)
     use_metadata: bool = True
+    graph_features: bool = Field(
+        False, description="trial-graph features (neighbourhood, local norm, paths, clusters)"
+    )
     average: Literal["none", "rank", "probability"] = "none"
     # how a test pair is scored: "per_fold" applies the stacker of fold k to the fold-k model's
     # test scores (the same kind of number it saw in OOF), "mean" to the fold-mean scores
@@ -210,6 +213,11 @@ class StackConfig(Section):
 
 class SubmitConfig(Section):
     policy: Literal["balanced", "oof_accuracy", "eer"] = "balanced"
+    transitive: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="transitive consistency of the stack's test pairs (confident pairs decide "
+        "uncertain ones); auto: on when it raises the OOF accuracy",
+    )
     positive_share: float = Field(0.5, gt=0, lt=1)
     source: Literal["stack", "first_level"] = "stack"
     # with source=first_level: which experiment (default: the config's experiment) and score

@@ -230,3 +230,24 @@ def test_a_failed_score_keeps_the_last_good_scores(tiny_experiment) -> None:
     with pytest.raises(FileNotFoundError, match="existing scores .* are unchanged"):
         score_stage(three)
     assert {n: (cfg.experiment_dir / n).read_bytes() for n in names} == before
+
+
+def test_stack_with_graph_features_and_transitive_submit(tiny_experiment, tmp_path: Path) -> None:
+    from src.stacking.stack import run_stack
+    from src.stacking.submit import submit_stage
+
+    cfg = tiny_experiment
+    for fold in range(2):
+        train_stage(cfg, fold)
+        embed_stage(cfg, fold)
+    score_stage(cfg)
+    stack = cfg.stack.model_copy(update={"graph_features": True, "num_threads": 1})
+    submit = cfg.submit.model_copy(update={"transitive": "on"})
+    graphed = cfg.model_copy(update={"stack": stack, "submit": submit, "variant": "graph"})
+    result = run_stack(graphed, [cfg.experiment_dir])
+    features = set(result.importances["feature"])
+    assert {"cnn__g_rank_max", "cnn__g_two_hop", "cnn__g_same_cluster_0"} <= features
+    assert np.isfinite(result.test["prob"]).all() and np.isfinite(result.oof["prob"]).all()
+    submit_stage(graphed)
+    scores = pd.read_csv(graphed.submission_scores_path)
+    assert len(scores) == len(pd.read_csv(cfg.paths.input / "public-test.csv"))

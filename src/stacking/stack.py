@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from src.config import ExperimentConfig, StackConfig, config_to_yaml
+from src.inference.embed import load_embeddings
 from src.inference.metrics import equal_error_rate, summarise
 from src.util.io import write_csv, write_json, write_text
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
@@ -41,8 +42,10 @@ from .features import (
     metadata_features,
     pair_gender_features,
 )
+from .graph import experiment_graph_features
 from .inputs import (
     ExperimentScores,
+    StageInputError,
     align_experiments,
     load_experiment,
     load_manifest,
@@ -254,13 +257,56 @@ def test_views(
     return dict.fromkeys(folds, mean_view)
 
 
+GraphViews = dict[str, tuple[pd.DataFrame, dict[int, pd.DataFrame]]]
+
+
+def load_graph_views(experiments: list[ExperimentScores], dirs: list[Path]) -> GraphViews:
+    """Trial-graph features of every experiment, and of their fused graph when several:
+    OOF rows and one test view per fold model."""
+    embeddings: dict[str, dict[int, dict]] = {}
+    for experiment, directory in zip(experiments, dirs, strict=True):
+        embeddings[experiment.name] = {}
+        for fold in experiment.folds:
+            path = directory / f"fold{fold}" / "embeddings.npz"
+            if not path.is_file():
+                raise StageInputError(f"stack.graph_features needs {path}: run embed first")
+            embeddings[experiment.name][fold] = load_embeddings(path)
+    views: GraphViews = {}
+    started = time.perf_counter()
+    reference = experiments[0]
+    for experiment in experiments:
+        per_fold = {f: [e] for f, e in embeddings[experiment.name].items()}
+        views[experiment.name] = experiment_graph_features(
+            per_fold, experiment.oof, experiment.test, experiment.name
+        )
+    if len(experiments) > 1:
+        per_fold = {f: [embeddings[e.name][f] for e in experiments] for f in reference.folds}
+        oof = reference.oof.assign(cosine=np.mean([e.oof["cosine"] for e in experiments], 0))
+        views[FUSED] = experiment_graph_features(per_fold, oof, reference.test, FUSED)
+    log.info("graph features: %d graphs in %.1f s", len(views), time.perf_counter() - started)
+    return views
+
+
+FUSED = "fused"
+
+
 def _stack_group(
-    group: list[ExperimentScores], meta: Metadata | None, cfg: ExperimentConfig
+    group: list[ExperimentScores],
+    meta: Metadata | None,
+    cfg: ExperimentConfig,
+    graphs: GraphViews | None = None,
 ) -> CrossFit:
-    """Cross-fit one stacker over the experiments of ``group`` (+ metadata when given)."""
+    """Cross-fit one stacker over the experiments of ``group`` (+ metadata, graph features)."""
     reference = group[0]
     features = feature_table({e.name: e.oof for e in group}, None if meta is None else meta.oof)
     views = test_views(group, meta, cfg)
+    if graphs is not None:
+        names = [e.name for e in group] + ([FUSED] if len(group) > 1 else [])
+        features = pd.concat([features, *(graphs[n][0] for n in names)], axis=1)
+        views = {
+            f: pd.concat([view, *(graphs[n][1][f] for n in names)], axis=1)
+            for f, view in views.items()
+        }
     folds = reference.oof["fold"].to_numpy()
     log.info("stacking %s: %d trials, %d features", [e.name for e in group], *features.shape)
     labels = reference.oof["label"].to_numpy(dtype=np.int64)
@@ -342,7 +388,8 @@ def run_stack(
 
     groups = [experiments] if cfg.stack.average == "none" else [[e] for e in experiments]
     used_meta = meta if cfg.stack.use_metadata else None
-    fits = {"+".join(e.name for e in g): _stack_group(g, used_meta, cfg) for g in groups}
+    graphs = load_graph_views(experiments, experiment_dirs) if cfg.stack.graph_features else None
+    fits = {"+".join(e.name for e in g): _stack_group(g, used_meta, cfg, graphs) for g in groups}
     how = cfg.stack.average
     reference = experiments[0]
     oof = reference.oof[["fold", "audio_1", "audio_2", "label"]].copy()
@@ -386,6 +433,8 @@ def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     dirs = [cfg.paths.outputs / name for name in names]
     out_dir = cfg.stack_dir
     inputs = [d / f for d in dirs for f in STACK_INPUTS] + [cfg.paths.prep_dir / "manifest.csv"]
+    if cfg.stack.graph_features:
+        inputs += [p for d in dirs for p in d.glob("fold*/embeddings.npz")]
     stamp = fingerprint(
         cfg.stack.model_dump(mode="json"), cfg.seed, names, files_fingerprint(inputs)
     )

@@ -181,6 +181,49 @@ def build_submission(
     return table, threshold
 
 
+def apply_transitive(
+    cfg: ExperimentConfig, table: pd.DataFrame, expected: pd.DataFrame
+) -> pd.DataFrame:
+    """Relabel with transitive consistency when OOF says it helps (or when forced ``on``)."""
+    from .transitive import choose_thresholds, propagate
+
+    needed = ["fold", *PAIR_KEYS, "label", "prob"]
+    oof = read_csv(cfg.stack_dir / "oof_predictions.csv", ["label", "prob"], "stack OOF")
+    if not set(needed) <= set(oof.columns):
+        if cfg.submit.transitive == "on":
+            raise SubmissionError("submit.transitive=on needs OOF trials with fold and clip ids")
+        log.info("transitive consistency: OOF predictions without trial ids; off")
+        return table
+    share = cfg.submit.positive_share
+    choice = choose_thresholds(oof, oof["prob"].to_numpy(), share)
+    if choice.high is None:
+        log.info(
+            "transitive consistency: no gain on OOF trials (%.4f); off", choice.oof_accuracy_before
+        )
+        return table
+    if cfg.submit.transitive == "auto" and choice.oof_accuracy_after <= choice.oof_accuracy_before:
+        return table
+    adjusted = propagate(table, table["score"].to_numpy(), choice.high, choice.low)
+    out = table.assign(score_before_transitive=table["score"], score=adjusted)
+    labels, _ = apply_policy(
+        cfg.submit.policy, adjusted, oof["prob"].to_numpy(), oof["label"].to_numpy(), share
+    )
+    out["transitive_flipped"] = (labels != out["label"]).astype(np.int64)
+    out["label"] = labels
+    check_submission(out, expected)
+    log.info(
+        "transitive consistency (high %.2f, low %.2f; OOF accuracy %.4f -> %.4f): %d of %d test "
+        "labels changed",
+        choice.high,
+        choice.low,
+        choice.oof_accuracy_before,
+        choice.oof_accuracy_after,
+        int(out["transitive_flipped"].sum()),
+        len(out),
+    )
+    return out
+
+
 def label_known_copies(table: pd.DataFrame, copies: pd.DataFrame) -> pd.DataFrame:
     """Label pairs whose two files are copies of training files by those files' speakers.
 
@@ -209,6 +252,8 @@ def submit_stage(cfg: ExperimentConfig) -> None:
     table, threshold = build_submission(
         source, expected, cfg.submit.policy, cfg.submit.positive_share
     )
+    if cfg.submit.source == "stack" and cfg.submit.transitive != "off":
+        table = apply_transitive(cfg, table, expected)
     if cfg.data.test_train_copies == "use_identity":
         copies = read_csv(
             cfg.paths.prep_dir / "test_train_copies.csv", ["name", "speaker"], "test copy list"

@@ -1,0 +1,230 @@
+"""Trial-graph features: what the other clips of the same scoring context say about a pair.
+
+A Zalo-style test is not independent pairs: its clips recur across pairs and its unseen speakers
+recur across clips. One *graph* is a set of clips embedded by one model: the held-out clips of
+fold k under fold k's model (OOF), or the test clips under fold k's model (fold k's test view),
+so each fold's stacker sees test features made exactly as its OOF features were. No label of a
+graph's clips is read; the only labels used are other folds' OOF labels, to place the cluster
+cut heights (:func:`cut_thresholds`).
+
+Per pair ``(a, b)`` of a graph of ``n`` clips with cosine similarities ``S``, symmetric in a, b:
+
+- neighbourhood: the rank of b among a's neighbours and of a among b's (min and max, raw and
+  divided by ``n - 1``), reciprocal k-nearest-neighbour flags, shared k-NN overlap;
+- local normalisation: ``S[a,b]`` against each clip's mean top-k similarity within the graph
+  (the graph as its own cohort), and each clip's hubness (how often it is another's neighbour);
+- paths: the best two-hop link ``max_c min(S[a,c], S[c,b])``;
+- clusters: average-linkage clustering of the graph cut at a few cosine thresholds: same-cluster
+  flags and cluster sizes (relative to ``n``).
+
+Example
+-------
+>>> import numpy as np
+>>> v = np.array([[1, 0], [0.96, 0.28], [0, 1], [0.28, 0.96]], dtype=np.float32)
+>>> f = graph_features(v, np.array([0, 0]), np.array([1, 2]), GraphSettings(k=(1,), cuts=(0.5,)))
+>>> f["rank_max"].tolist(), f["same_cluster_0"].tolist()
+([1.0, 3.0], [1.0, 0.0])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+
+from src.inference.metrics import error_curves
+
+CHUNK = 4096  # pairs per block in the two-hop and rank computations (memory ~ CHUNK * n)
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """Neighbourhood sizes and cluster cut thresholds (cosine similarities) of one graph."""
+
+    k: tuple[int, ...] = (1, 3, 5, 10)
+    cohort_k: int = 10
+    cuts: tuple[float, ...] = ()
+
+
+def similarity(vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity of unit vectors, the diagonal set to -inf (a clip is no neighbour)."""
+    sims = vectors.astype(np.float32) @ vectors.astype(np.float32).T
+    np.fill_diagonal(sims, -np.inf)
+    return sims
+
+
+class RankIndex:
+    """Every row of a similarity matrix sorted once, so the rank of any entry is one lookup.
+
+    Rows are laid end to end, row ``i`` shifted by ``4 i`` (similarities lie in [-2, 1]), so
+    one ``searchsorted`` over the flat array answers all pairs at once.
+    """
+
+    def __init__(self, sims: np.ndarray) -> None:
+        n = sims.shape[0]
+        rows = np.sort(np.where(np.isfinite(sims), sims, -2.0).astype(np.float64), axis=1)
+        self.n = n
+        self.flat = (rows + 4.0 * np.arange(n)[:, None]).ravel()
+
+    def ranks(self, sims: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """1-based rank of ``right[i]`` among ``left[i]``'s neighbours (1 = nearest)."""
+        pair = sims[left, right].astype(np.float64)
+        values = np.where(np.isfinite(pair), pair, -2.0) + 4.0 * left  # a self-pair: last
+        at_most = np.searchsorted(self.flat, values, side="right") - left * self.n
+        return (self.n - at_most + 1).astype(np.float64)
+
+
+def two_hop(sims: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``max_c min(S[a,c], S[c,b])`` over third clips c (a and b excluded)."""
+    out = np.empty(left.size, dtype=np.float64)
+    for start in range(0, left.size, CHUNK):
+        a, b = left[start : start + CHUNK], right[start : start + CHUNK]
+        paths = np.minimum(sims[a], sims[b])  # (chunk, n); -inf at c = a and c = b
+        out[start : start + CHUNK] = paths.max(axis=1)
+    return out
+
+
+def cluster_tree(sims: np.ndarray) -> np.ndarray:
+    """Average-linkage tree of the clips on cosine distance (cut it with ``fcluster``)."""
+    distance = 1.0 - np.where(np.isfinite(sims), sims, 1.0).astype(np.float64)
+    np.fill_diagonal(distance, 0.0)
+    return linkage(squareform(np.clip(distance, 0.0, 2.0), checks=False), method="average")
+
+
+def nearest(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each clip's ``k`` nearest neighbours, nearest first."""
+    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _spread(name: str, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"{name}_min": np.minimum(x, y), f"{name}_max": np.maximum(x, y)}
+
+
+def graph_features(
+    vectors: np.ndarray | list[np.ndarray],
+    left: np.ndarray,
+    right: np.ndarray,
+    settings: GraphSettings,
+) -> pd.DataFrame:
+    """Graph features of pairs ``(left[i], right[i])`` (row indices into ``vectors``).
+
+    A list of vector sets (the same clips embedded by several models) makes one fused graph:
+    the mean of their cosine similarities.
+    """
+    sets = vectors if isinstance(vectors, list) else [vectors]
+    sims = similarity(sets[0]) if len(sets) == 1 else np.mean([similarity(v) for v in sets], 0)
+    n = sims.shape[0]
+    raw = sims[left, right].astype(np.float64)
+    out: dict[str, np.ndarray] = {}
+    index = RankIndex(sims)
+    rank_ab, rank_ba = index.ranks(sims, left, right), index.ranks(sims, right, left)
+    out |= _spread("rank", rank_ab, rank_ba)
+    out |= {f"{k}_rel": v / max(n - 1, 1) for k, v in _spread("rank", rank_ab, rank_ba).items()}
+    k_max = min(max(settings.k), n - 1)
+    order = nearest(sims, k_max) if k_max > 0 else None
+    for k in settings.k:
+        out[f"mutual_knn_{k}"] = ((rank_ab <= k) & (rank_ba <= k)).astype(np.float64)
+    if order is not None:
+        k = min(settings.k[-1], k_max)
+        sets = order[:, :k]
+        shared = (sets[left][:, :, None] == sets[right][:, None, :]).any(axis=2).sum(axis=1)
+        out[f"shared_knn_{settings.k[-1]}"] = shared / k
+        hub = np.bincount(sets.ravel(), minlength=n) / k
+        out |= _spread("hubness", hub[left], hub[right])
+    cohort_k = min(settings.cohort_k, max(n - 1, 1))
+    top = -np.partition(-np.where(np.isfinite(sims), sims, -1.0), cohort_k - 1, axis=1)[
+        :, :cohort_k
+    ]
+    mean, std = top.mean(axis=1), np.maximum(top.std(axis=1), 1e-4)
+    out |= _spread("local_gap", raw - mean[left], raw - mean[right])
+    out["local_norm"] = 0.5 * ((raw - mean[left]) / std[left] + (raw - mean[right]) / std[right])
+    out["two_hop"] = two_hop(sims, left, right) if n > 2 else np.full(left.size, -1.0)
+    out["two_hop_gap"] = out["two_hop"] - raw
+    tree = cluster_tree(sims) if settings.cuts else None
+    for i, cut in enumerate(settings.cuts):
+        labels = fcluster(tree, t=1.0 - cut, criterion="distance")
+        sizes = np.bincount(labels)[labels] / n
+        out[f"same_cluster_{i}"] = (labels[left] == labels[right]).astype(np.float64)
+        out |= _spread(f"cluster_size_{i}", sizes[left], sizes[right])
+    return pd.DataFrame(out)
+
+
+def cut_thresholds(scores: np.ndarray, labels: np.ndarray) -> tuple[float, ...]:
+    """Cluster cut heights from labelled trials of other folds: the cosine thresholds at a 5 %
+    false-accept rate, at the EER, and at a 5 % false-reject rate (strict to loose)."""
+    thresholds, far, frr = error_curves(scores, labels)
+    finite = np.isfinite(thresholds)
+    thresholds, far, frr = thresholds[finite], far[finite], frr[finite]
+    strict = thresholds[np.flatnonzero(far <= 0.05)[-1]] if (far <= 0.05).any() else thresholds[0]
+    eer = thresholds[int(np.argmin(np.abs(far - frr)))]
+    loose = thresholds[np.flatnonzero(frr <= 0.05)[0]] if (frr <= 0.05).any() else thresholds[-1]
+    return float(strict), float(eer), float(loose)
+
+
+def _graph_of(emb: dict[str, np.ndarray], role: str, by_name: bool) -> tuple[np.ndarray, dict]:
+    """Vectors of one role's clips and ``key -> row`` (ids, or file names for test clips)."""
+    rows = np.flatnonzero(emb["role"] == role)
+    keys = emb["ids"][rows]
+    if by_name:
+        keys = np.array([k.rsplit("/", 1)[-1] for k in keys])
+    return emb["vectors"][rows], {k: i for i, k in enumerate(keys.tolist())}
+
+
+def _pair_rows(pairs: pd.DataFrame, index: dict, what: str) -> tuple[np.ndarray, np.ndarray]:
+    missing = sorted((set(pairs["audio_1"]) | set(pairs["audio_2"])) - index.keys())
+    if missing:
+        raise ValueError(f"{len(missing)} {what} clip(s) are not in the graph, e.g. {missing[:3]}")
+    return pairs["audio_1"].map(index).to_numpy(), pairs["audio_2"].map(index).to_numpy()
+
+
+def experiment_graph_features(
+    embeddings: dict[int, list[dict[str, np.ndarray]]],
+    oof: pd.DataFrame,
+    test: pd.DataFrame,
+    prefix: str,
+    settings: GraphSettings = GraphSettings(),
+) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
+    """Graph features of one experiment (or a fused graph of several): OOF rows (fold k's
+    trials in fold k's OOF graph) and one test view per fold (the test pairs in the test graph
+    of fold k's models).
+
+    Parameters
+    ----------
+    embeddings
+        ``fold -> [embeddings.npz content of each experiment's fold model]``; several
+        experiments make one fused graph (mean cosine similarity).
+    oof
+        OOF trials: fold, audio_1, audio_2, label and ``cosine`` (for several experiments, the
+        mean of their cosines), used only for other folds' cut heights.
+    test
+        ``test_scores.csv`` pairs (audio_1, audio_2 by file name).
+    prefix
+        Feature-name prefix (the experiment, or ``fused``).
+    """
+    folds = sorted(embeddings)
+    oof_parts = []
+    test_views = {}
+    for fold in folds:
+        others = oof["fold"] != fold  # cut heights from other folds' labelled trials only
+        cuts = cut_thresholds(oof.loc[others, "cosine"].to_numpy(), oof.loc[others, "label"])
+        fold_settings = GraphSettings(settings.k, settings.cohort_k, cuts)
+        rows = oof[oof["fold"] == fold]
+        for role, pairs, by_name in (("oof", rows, False), ("test", test, True)):
+            graphs = [_graph_of(emb, role, by_name) for emb in embeddings[fold]]
+            index = graphs[0][1]
+            if any(g[1] != index for g in graphs[1:]):
+                raise ValueError(f"fold {fold}: the fused experiments embedded other {role} clips")
+            left, right = _pair_rows(pairs, index, f"fold {fold} {role}")
+            part = graph_features([g[0] for g in graphs], left, right, fold_settings)
+            if role == "oof":
+                part.index = rows.index
+                oof_parts.append(part)
+            else:
+                test_views[fold] = part.add_prefix(f"{prefix}__g_")
+    oof_features = pd.concat(oof_parts).loc[oof.index].add_prefix(f"{prefix}__g_")
+    return oof_features.reset_index(drop=True), test_views

@@ -1,0 +1,148 @@
+"""Trial-graph features and transitive consistency."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from src.stacking.graph import (
+    GraphSettings,
+    RankIndex,
+    experiment_graph_features,
+    graph_features,
+    similarity,
+    two_hop,
+)
+from src.stacking.transitive import choose_thresholds, propagate
+
+
+def _speaker_vectors(
+    n_speakers: int, per: int, noise: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    speakers = np.repeat(np.arange(n_speakers), per)
+    vectors = rng.normal(size=(n_speakers, 32))[speakers] + noise * rng.normal(
+        size=(speakers.size, 32)
+    )
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32), speakers
+
+
+def test_ranks_and_two_hop_match_brute_force() -> None:
+    vectors, _ = _speaker_vectors(6, 5, 1.0, seed=0)
+    rng = np.random.default_rng(1)
+    left, right = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    sims = similarity(vectors)
+    brute_rank = (sims[left] > sims[left, right][:, None]).sum(axis=1) + 1
+    np.testing.assert_array_equal(RankIndex(sims).ranks(sims, left, right), brute_rank)
+    brute_hop = [
+        max(min(sims[a, c], sims[c, b]) for c in range(30) if c not in (a, b))
+        for a, b in zip(left, right, strict=True)
+    ]
+    np.testing.assert_allclose(two_hop(sims, left, right), brute_hop, rtol=1e-6)
+
+
+def test_features_are_symmetric_in_the_pair() -> None:
+    vectors, _ = _speaker_vectors(8, 4, 0.8, seed=2)
+    rng = np.random.default_rng(3)
+    left, right = rng.integers(0, 32, 100), rng.integers(0, 32, 100)
+    settings = GraphSettings(k=(1, 3), cuts=(0.6, 0.3))
+    forward = graph_features(vectors, left, right, settings)
+    backward = graph_features(vectors, right, left, settings)
+    pd.testing.assert_frame_equal(forward, backward)
+
+
+def test_graph_features_separate_speakers_better_than_the_raw_score() -> None:
+    """Clips of a speaker recur in the graph: neighbourhood evidence beats one noisy cosine."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    vectors, speakers = _speaker_vectors(20, 8, 1.6, seed=4)
+    rng = np.random.default_rng(5)
+    left, right = rng.integers(0, 160, 3000), rng.integers(0, 160, 3000)
+    keep = left != right
+    left, right = left[keep], right[keep]
+    same = (speakers[left] == speakers[right]).astype(int)
+    features = graph_features(vectors, left, right, GraphSettings(cuts=(0.3,)))
+    raw = similarity(vectors)[left, right]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    combined = cross_val_predict(
+        model, features.assign(raw=raw), same, cv=3, method="predict_proba"
+    )
+    assert roc_auc_score(same, combined[:, 1]) > roc_auc_score(same, raw) + 0.02
+
+
+def _experiment(seed: int):
+    vectors, speakers = _speaker_vectors(12, 5, 1.0, seed)
+    ids = np.array([f"train/{s}/{i}.wav" for i, s in enumerate(speakers)])
+    fold = speakers % 2
+    rng = np.random.default_rng(seed)
+    trials = []
+    for k in (0, 1):
+        members = np.flatnonzero(fold == k)
+        a, b = rng.choice(members, 80), rng.choice(members, 80)
+        keep = a != b
+        a, b = a[keep], b[keep]
+        label = (speakers[a] == speakers[b]).astype(int)
+        cosine = np.einsum("ij,ij->i", vectors[a], vectors[b])
+        trials.append(pd.DataFrame({"fold": k, "audio_1": ids[a], "audio_2": ids[b],
+                                    "label": label, "cosine": cosine}))  # fmt: skip
+    oof = pd.concat(trials, ignore_index=True)
+    test_vectors, _ = _speaker_vectors(4, 5, 1.0, seed + 1)
+    names = np.array([f"t{i}.wav" for i in range(20)])
+    test = pd.DataFrame(
+        {"audio_1": names[rng.integers(0, 20, 50)], "audio_2": names[rng.integers(0, 20, 50)]}
+    )
+    embeddings = {}
+    for k in (0, 1):
+        in_fold = fold == k
+        embeddings[k] = [{
+            "ids": np.concatenate([ids[in_fold], "public-test/" + names]),
+            "role": np.array(["oof"] * in_fold.sum() + ["test"] * 20),
+            "vectors": np.concatenate([vectors[in_fold], test_vectors + 0.01 * k]),
+        }]  # fmt: skip
+    return embeddings, oof, test
+
+
+def test_a_fold_s_features_never_read_its_own_labels() -> None:
+    """Shuffling fold 0's labels leaves fold 0's OOF and test graph features unchanged (its
+    cut heights come from fold 1's labels only); shuffling fold 1's changes them."""
+    embeddings, oof, test = _experiment(seed=6)
+    before_oof, before_test = experiment_graph_features(embeddings, oof, test, "cnn")
+    shuffled = oof.copy()
+    in_fold0 = shuffled["fold"] == 0
+    shuffled.loc[in_fold0, "label"] = (
+        shuffled.loc[in_fold0, "label"].sample(frac=1, random_state=0).to_numpy()
+    )
+    after_oof, after_test = experiment_graph_features(embeddings, shuffled, test, "cnn")
+    pd.testing.assert_frame_equal(before_oof[in_fold0.to_numpy()], after_oof[in_fold0.to_numpy()])
+    pd.testing.assert_frame_equal(before_test[0], after_test[0])
+    assert list(before_test) == [0, 1] and not before_test[0].equals(before_test[1])  # per fold
+    assert before_oof.columns.equals(before_test[0].columns)  # one code path, one column set
+
+
+def test_propagate_moves_only_uncertain_pairs() -> None:
+    pairs = pd.DataFrame(
+        {"audio_1": ["a", "b", "a", "a", "c"], "audio_2": ["b", "c", "c", "d", "d"]}
+    )
+    probs = np.array([0.97, 0.96, 0.4, 0.5, 0.01])
+    out = propagate(pairs, probs, high=0.9, low=0.05)
+    # a-b-c confidently one speaker: a-c raised; c-d confidently apart, so a-d lowered
+    assert out.tolist() == [0.97, 0.96, 0.9, 0.05, 0.01]
+
+
+def test_thresholds_are_off_when_they_do_not_help() -> None:
+    trials = pd.DataFrame(
+        {"fold": [0] * 4, "audio_1": list("abcd"), "audio_2": list("efgh"), "label": [1, 1, 0, 0]}
+    )
+    choice = choose_thresholds(trials, np.array([0.9, 0.8, 0.2, 0.1]), 0.5)
+    assert choice.high is None and choice.oof_accuracy_before == 1.0
+
+
+@pytest.mark.parametrize("n", [40, 160])
+def test_relative_ranks_do_not_grow_with_the_graph(n: int) -> None:
+    vectors, _ = _speaker_vectors(n // 4, 4, 0.9, seed=7)
+    left = np.arange(0, n, 4)
+    features = graph_features(vectors, left, left + 1, GraphSettings())
+    assert features["rank_max_rel"].median() < 0.2
