@@ -142,6 +142,58 @@ def bench_stacking(n_pairs: int = 50000) -> list[dict]:
     ]
 
 
+def bench_graph(n_test: int = 2789, n_pairs: int = 50000, folds: int = 5) -> dict:
+    """Trial-graph features at Zalo size: 2 experiments (one fold-independent) and their fused
+    graph, 5 fold views each, OOF graphs of 1/5 of 10,556 clips with 20,000 trials per fold."""
+    import pandas as pd
+
+    from src.stacking.graph import experiment_graph_features
+
+    rng = np.random.default_rng(0)
+    n_oof = 10556 // folds
+    names = np.array([f"t{i}.wav" for i in range(n_test)])
+    test = pd.DataFrame(
+        {"audio_1": names[rng.integers(0, n_test, n_pairs)],
+         "audio_2": names[rng.integers(0, n_test, n_pairs)]}
+    )  # fmt: skip
+    oof_parts = []
+    for fold in range(folds):
+        ids = np.array([f"f{fold}/{i}" for i in range(n_oof)])
+        a, b = rng.integers(0, n_oof, 20000), rng.integers(0, n_oof, 20000)
+        oof_parts.append(pd.DataFrame({"fold": fold, "audio_1": ids[a], "audio_2": ids[b],
+                                       "label": rng.integers(0, 2, 20000),
+                                       "cosine": rng.normal(size=20000)}))  # fmt: skip
+    oof = pd.concat(oof_parts, ignore_index=True)
+
+    def unit(n: int) -> np.ndarray:
+        v = rng.normal(size=(n, 256)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    shared_test = unit(n_test)
+    experiments = {}
+    for name, fold_independent in (("cnn", False), ("ge2e", True)):
+        experiments[name] = {
+            fold: {
+                "ids": np.concatenate([[f"f{fold}/{i}" for i in range(n_oof)], "p/" + names]),
+                "role": np.array(["oof"] * n_oof + ["test"] * n_test),
+                "vectors": np.concatenate(
+                    [unit(n_oof), shared_test if fold_independent else unit(n_test)]
+                ),
+            }
+            for fold in range(folds)
+        }
+
+    def run() -> None:
+        for name, per_fold in experiments.items():
+            experiment_graph_features({f: [e] for f, e in per_fold.items()}, oof, test, name)
+        fused = {f: [experiments[n][f] for n in experiments] for f in range(folds)}
+        experiment_graph_features(fused, oof, test, "fused")
+
+    seconds = median_time(run, repeats=1, warmup=0)
+    what = f"graph features, {n_pairs} test pairs over {n_test} clips, 2 experiments + fused"
+    return {"what": what + f", {folds} fold views", "value": seconds, "unit": "s"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("configs/base.yaml"))
@@ -160,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(bench_scoring(args.repeats))
     if not args.quick:
         rows.extend(bench_stacking())
+        rows.append(bench_graph())
     print("| measurement | device | value | unit |\n|---|---|---|---|")
     for row in rows:
         print(

@@ -195,7 +195,7 @@ class StackConfig(Section):
     min_child_samples: int = Field(20, ge=1)
     use_metadata: bool = True
     graph_features: bool = Field(
-        False, description="trial-graph features (neighbourhood, local norm, paths, clusters)"
+        True, description="trial-graph features (neighbourhood, local norm, paths, clusters)"
     )
     average: Literal["none", "rank", "probability"] = "none"
     # how a test pair is scored: "per_fold" applies the stacker of fold k to the fold-k model's

@@ -141,8 +141,10 @@ def test_thresholds_are_off_when_they_do_not_help() -> None:
 
 
 @pytest.mark.parametrize("n", [40, 160])
-def test_relative_ranks_do_not_grow_with_the_graph(n: int) -> None:
+def test_same_speaker_ranks_do_not_grow_with_the_graph(n: int) -> None:
+    """With 4 clips a speaker, a same-speaker pair ranks among the first few neighbours in a
+    graph of 40 clips as in one of 160: the features measure speakers, not graph size."""
     vectors, _ = _speaker_vectors(n // 4, 4, 0.9, seed=7)
     left = np.arange(0, n, 4)
     features = graph_features(vectors, left, left + 1, GraphSettings())
-    assert features["rank_max_rel"].median() < 0.2
+    assert features["rank_max"].median() <= 3

@@ -28,6 +28,8 @@ Example
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +126,6 @@ def graph_features(
     index = RankIndex(sims)
     rank_ab, rank_ba = index.ranks(sims, left, right), index.ranks(sims, right, left)
     out |= _spread("rank", rank_ab, rank_ba)
-    out |= {f"{k}_rel": v / max(n - 1, 1) for k, v in _spread("rank", rank_ab, rank_ba).items()}
     k_max = min(max(settings.k), n - 1)
     order = nearest(sims, k_max) if k_max > 0 else None
     for k in settings.k:
@@ -148,9 +149,7 @@ def graph_features(
     tree = cluster_tree(sims) if settings.cuts else None
     for i, cut in enumerate(settings.cuts):
         labels = fcluster(tree, t=1.0 - cut, criterion="distance")
-        sizes = np.bincount(labels)[labels] / n
         out[f"same_cluster_{i}"] = (labels[left] == labels[right]).astype(np.float64)
-        out |= _spread(f"cluster_size_{i}", sizes[left], sizes[right])
     return pd.DataFrame(out)
 
 
@@ -207,24 +206,31 @@ def experiment_graph_features(
         Feature-name prefix (the experiment, or ``fused``).
     """
     folds = sorted(embeddings)
-    oof_parts = []
-    test_views = {}
+    tasks = []
     for fold in folds:
         others = oof["fold"] != fold  # cut heights from other folds' labelled trials only
         cuts = cut_thresholds(oof.loc[others, "cosine"].to_numpy(), oof.loc[others, "label"])
         fold_settings = GraphSettings(settings.k, settings.cohort_k, cuts)
-        rows = oof[oof["fold"] == fold]
-        for role, pairs, by_name in (("oof", rows, False), ("test", test, True)):
+        for role, pairs, by_name in (
+            ("oof", oof[oof["fold"] == fold], False),
+            ("test", test, True),
+        ):
             graphs = [_graph_of(emb, role, by_name) for emb in embeddings[fold]]
             index = graphs[0][1]
             if any(g[1] != index for g in graphs[1:]):
                 raise ValueError(f"fold {fold}: the fused experiments embedded other {role} clips")
             left, right = _pair_rows(pairs, index, f"fold {fold} {role}")
-            part = graph_features([g[0] for g in graphs], left, right, fold_settings)
-            if role == "oof":
-                part.index = rows.index
-                oof_parts.append(part)
-            else:
-                test_views[fold] = part.add_prefix(f"{prefix}__g_")
+            tasks.append(
+                (fold, role, pairs.index, [g[0] for g in graphs], left, right, fold_settings)
+            )
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy frees the GIL
+        parts = list(pool.map(lambda t: graph_features(*t[3:]), tasks))
+    oof_parts, test_views = [], {}
+    for (fold, role, index, *_), part in zip(tasks, parts, strict=True):
+        if role == "oof":
+            part.index = index
+            oof_parts.append(part)
+        else:
+            test_views[fold] = part.add_prefix(f"{prefix}__g_")
     oof_features = pd.concat(oof_parts).loc[oof.index].add_prefix(f"{prefix}__g_")
     return oof_features.reset_index(drop=True), test_views

@@ -231,7 +231,8 @@ def write_synthetic_inputs(
                 "folds": str(root / "folds"),
             },
             "folds": {"n_folds": n_folds},
-            "stack": {"experiments": list(experiments)},
+            # score tables without embeddings: no trial graph to build
+            "stack": {"experiments": list(experiments), "graph_features": False},
         }
     )
 
