@@ -248,6 +248,17 @@ def test_stack_with_graph_features_and_transitive_submit(tiny_experiment, tmp_pa
     features = set(result.importances["feature"])
     assert {"cnn__g_rank_max", "cnn__g_two_hop", "cnn__g_same_cluster_0"} <= features
     assert np.isfinite(result.test["prob"]).all() and np.isfinite(result.oof["prob"]).all()
+    assert set(result.metrics["graph_adversarial_auc"]) == {
+        "neighbourhood",
+        "local normalisation",
+        "paths",
+        "clusters",
+    }
+    assert "eer" in result.metrics["without_graph"]
     submit_stage(graphed)
     scores = pd.read_csv(graphed.submission_scores_path)
     assert len(scores) == len(pd.read_csv(cfg.paths.input / "public-test.csv"))
+    from src.report.report import report_stage
+
+    report_stage(graphed)
+    assert "## Trial graph" in (graphed.report_dir / "summary.md").read_text()

@@ -25,7 +25,7 @@ import pandas as pd
 from src.config import ExperimentConfig
 from src.inference.metrics import equal_error_rate, summarise
 from src.stacking.inputs import PAIR_KEYS, load_manifest, read_csv, read_test_pairs
-from src.stacking.submit import POLICIES, apply_policy
+from src.stacking.submit import POLICIES, apply_policy, balanced_labels
 from src.util.io import read_json, write_csv, write_json, write_text
 
 from .plots import plot_det, plot_histograms, plot_training_curves
@@ -191,6 +191,75 @@ def breakdowns(
     return group_errors(oof, "shorter_clip"), group_errors(oof, "gender_pair")
 
 
+def graph_changes(cfg: ExperimentConfig, manifest: pd.DataFrame) -> dict | None:
+    """What the trial-graph features changed on OOF trials (balanced labels with vs without
+    them), by shorter-clip duration and gender pairing; their adversarial AUC per group."""
+    path = cfg.stack_dir / "oof_predictions.csv"
+    metrics_path = cfg.stack_dir / "metrics.json"
+    if not path.is_file() or not metrics_path.is_file():
+        return None
+    oof = read_csv(path, ["fold", *PAIR_KEYS, "label", "prob"], "stack OOF predictions")
+    if "prob_without_graph" not in oof:
+        return None
+    share = cfg.submit.positive_share
+    with_graph = balanced_labels(oof["prob"].to_numpy(), share)[0]
+    without = balanced_labels(oof["prob_without_graph"].to_numpy(), share)[0]
+    labels = oof["label"].to_numpy()
+    info = manifest.drop_duplicates("id").set_index("id")
+    duration = pd.to_numeric(info["duration"], errors="coerce")
+    shorter = np.minimum(
+        duration.reindex(oof["audio_1"]).to_numpy(), duration.reindex(oof["audio_2"]).to_numpy()
+    )
+    gender = info["gender"] if "gender" in info else pd.Series(dtype=object)
+    table = pd.DataFrame(
+        {
+            "shorter_clip": duration_bin(shorter),
+            "gender_pair": gender_pairing(
+                gender.reindex(oof["audio_1"]).reset_index(drop=True),
+                gender.reindex(oof["audio_2"]).reset_index(drop=True),
+            ),
+            "flipped": with_graph != without,
+            "fixed": (with_graph != without) & (with_graph == labels),
+            "broken": (with_graph != without) & (without == labels),
+        }
+    )
+    by = {
+        group: table.groupby(group, observed=True)[["flipped", "fixed", "broken"]]
+        .sum()
+        .reset_index()
+        for group in ("shorter_clip", "gender_pair")
+    }
+    metrics = read_json(metrics_path)
+    return {
+        "eer_with": metrics["stack"]["eer"],
+        "eer_without": metrics["without_graph"]["eer"],
+        "accuracy_with": float((with_graph == labels).mean()),
+        "accuracy_without": float((without == labels).mean()),
+        "by": by,
+        "adversarial": metrics.get("graph_adversarial_auc", {}),
+    }
+
+
+def graph_markdown(changes: dict) -> list[str]:
+    lines = [
+        "",
+        "## Trial graph",
+        "",
+        f"Stack OOF EER {_pct(changes['eer_without'])} without graph features, "
+        f"{_pct(changes['eer_with'])} with them; balanced-threshold OOF accuracy "
+        f"{_pct(changes['accuracy_without'])} -> {_pct(changes['accuracy_with'])}. OOF pairs "
+        "whose label the graph features changed (fixed: now right; broken: now wrong):",
+        "",
+        _table(changes["by"]["shorter_clip"]),
+        "",
+        _table(changes["by"]["gender_pair"]),
+    ]
+    if changes["adversarial"]:
+        aucs = ", ".join(f"{g} {a:.3f}" for g, a in changes["adversarial"].items())
+        lines += ["", f"Adversarial AUC (OOF trials vs test pairs) per feature group: {aucs}."]
+    return lines
+
+
 def _pct(value: float) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f} %"
 
@@ -313,6 +382,8 @@ def summary_markdown(
         ]
     if metrics.get("answer_key_problem"):
         lines += ["", "## Answer key", "", f"Not used: {metrics['answer_key_problem']}."]
+    if extra.get("graph"):
+        lines += graph_markdown(extra["graph"])
     copies = extra.get("test_train_copies")
     if copies is not None:
         table = copies["table"]
@@ -408,10 +479,11 @@ def report_stage(cfg: ExperimentConfig) -> None:
             for name, s in sources.items()
         },
     }
-    by_duration = by_gender = None
+    by_duration = by_gender = graph = None
     if (cfg.paths.prep_dir / "manifest.csv").is_file():
         manifest = load_manifest(cfg.paths.prep_dir)
         by_duration, by_gender = breakdowns(sources[main], manifest, policy, share)
+        graph = graph_changes(cfg, manifest)
         write_csv(out / "by_duration.csv", by_duration)
         write_csv(out / "by_gender.csv", by_gender)
     write_json(out / "metrics.json", metrics)
@@ -425,5 +497,6 @@ def report_stage(cfg: ExperimentConfig) -> None:
         plot_training_curves(histories, out / "training_curves.png")
     extra = _stack_extras(cfg.stack_dir)
     extra["test_train_copies"] = _copies(cfg)
+    extra["graph"] = graph
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)

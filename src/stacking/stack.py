@@ -34,7 +34,7 @@ from src.inference.metrics import equal_error_rate, summarise
 from src.util.io import write_csv, write_json, write_text
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
-from .adversarial import write_adversarial
+from .adversarial import adversarial_validation, write_adversarial
 from .features import (
     MissingIdError,
     audio_table,
@@ -258,6 +258,29 @@ def test_views(
 
 
 GraphViews = dict[str, tuple[pd.DataFrame, dict[int, pd.DataFrame]]]
+GRAPH_GROUPS = {
+    "neighbourhood": ("rank", "mutual_knn", "shared_knn"),
+    "local normalisation": ("local_", "hubness"),
+    "paths": ("two_hop",),
+    "clusters": ("same_cluster",),
+}
+
+
+def graph_group_aucs(
+    graphs: GraphViews, reference: ExperimentScores, cfg: ExperimentConfig
+) -> dict[str, float]:
+    """Adversarial AUC (OOF trials vs test pairs) of each graph-feature group, all graphs."""
+    oof = pd.concat([v[0] for v in graphs.values()], axis=1)
+    test = pd.concat([v[1][reference.folds[0]] for v in graphs.values()], axis=1)
+    result = {}
+    for group, stems in GRAPH_GROUPS.items():
+        columns = [c for c in oof.columns if c.split("__g_", 1)[1].startswith(stems)]
+        _, summary = adversarial_validation(
+            oof[columns], test[columns], cfg.stack, cfg.seed, reference.oof, reference.test
+        )
+        result[group] = summary["auc"]
+    log.info("graph features, adversarial AUC per group: %s", result)
+    return result
 
 
 def load_graph_views(experiments: list[ExperimentScores], dirs: list[Path]) -> GraphViews:
@@ -400,6 +423,13 @@ def run_stack(
     kind = "gain" if cfg.stack.model == "lightgbm" else "abs_standardised_coef"
     importances = _importance_table(fits, kind)
     metrics = _metrics(experiments, oof, fits, cfg)
+    if graphs is not None:  # what the graph features changed, measured out of fold
+        plain = [_stack_group(g, used_meta, cfg) for g in groups]
+        oof["prob_without_graph"] = combine([f.oof for f in plain], how)
+        test["prob_without_graph"] = combine([f.test for f in plain], how)
+        labels = oof["label"].to_numpy()
+        metrics["without_graph"] = summarise(oof["prob_without_graph"].to_numpy(), labels)
+        metrics["graph_adversarial_auc"] = graph_group_aucs(graphs, reference, cfg)
     write_csv(out_dir / "oof_predictions.csv", oof)
     write_csv(out_dir / "test_predictions.csv", test)
     write_csv(out_dir / "importances.csv", importances)
