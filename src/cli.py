@@ -141,9 +141,10 @@ def record_run(cfg: ExperimentConfig, stage: str, seconds: float) -> None:
     }
     write_json(path, record)
     if cfg.tracking == "mlflow":
-        from src.util.tracking import flat_settings, folder_metrics, log_run
+        from src.config import flatten_settings
+        from src.util.tracking import folder_metrics, log_run
 
-        params = flat_settings(cfg.model_dump(mode="json")) | {"changed": record.get("changed")}
+        params = flatten_settings(cfg.model_dump(mode="json")) | {"changed": record.get("changed")}
         name = folder.name if folder == cfg.experiment_dir else f"{folder.name} ({cfg.run_name})"
         log_run(
             cfg.paths.outputs / "mlruns",

@@ -391,11 +391,12 @@ NO_RESULT_KEYS = {"data.workers", "train.workers", "train.device", "embed.batch_
 SECOND_LEVEL_SECTIONS = ("stack", "submit")
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_settings(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
+            flat |= flatten_settings(value, f"{prefix}{key}.")
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -403,7 +404,8 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def changed_settings(base: ExperimentConfig, cfg: ExperimentConfig) -> dict[str, Any]:
     """Dotted keys (and new values) where ``cfg`` changes a result relative to ``base``."""
-    old, new = _flatten(base.model_dump(mode="json")), _flatten(cfg.model_dump(mode="json"))
+    old = flatten_settings(base.model_dump(mode="json"))
+    new = flatten_settings(cfg.model_dump(mode="json"))
     return {
         key: new[key]
         for key in sorted(new)

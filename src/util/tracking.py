@@ -142,14 +142,3 @@ def folder_metrics(folder: Path) -> dict[str, list[tuple[int, float]]]:
             for key in ("eer", "min_dcf_0.01"):
                 metrics[f"oof/stack/{key}"] = [(0, figures["stack"][key])]
     return metrics
-
-
-def flat_settings(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= flat_settings(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
