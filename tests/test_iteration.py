@@ -153,3 +153,13 @@ def test_a_variant_never_overwrites_and_the_leaderboard_lists_both(tmp_path: Pat
     assert float((tuned / "metrics" / "oof_asnorm_eer").read_text().split()[1]) == pytest.approx(
         table.set_index("run").loc[variant.run_name, "oof_eer"]
     )
+
+
+def test_progress_is_logged_when_the_output_is_not_a_terminal(caplog, monkeypatch) -> None:
+    from src.util import logs
+
+    monkeypatch.setattr(logs, "LOG_EVERY_S", 0.0)
+    with caplog.at_level("INFO"):
+        assert list(logs.progress(range(20), "embed", unit="batch")) == list(range(20))
+    lines = [r.getMessage() for r in caplog.records if r.name == "src.progress"]
+    assert len(lines) == 10 and lines[-1].startswith("embed: 20/20 batch")

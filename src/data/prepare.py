@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from src.config import DataConfig, ExperimentConfig
 from src.data.audio import AudioError, decode_audio, file_md5, peak_normalise, to_int16
@@ -37,6 +36,7 @@ from src.data.zalo import (
     skipped_frame,
 )
 from src.util.io import atomic_path, write_csv, write_text
+from src.util.logs import progress
 from src.util.stage_cache import fingerprint, is_fresh, mark_done, mark_started
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,7 @@ def _decode_all(
 
 def _collect(results, cache, rows: list[dict], skipped: list[SkippedFile], total: int) -> int:
     offset = 0
-    for source, samples, facts, error in tqdm(
-        results, total=total, desc="decode", unit="file", disable=None
-    ):
+    for source, samples, facts, error in progress(results, "decode", total=total, unit="file"):
         if error and samples is not None:
             log.warning("%s: %s", source.path, error)
         elif error:

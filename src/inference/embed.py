@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from src.config import EmbedConfig, ExperimentConfig
 from src.data.audio import rms_dbfs
@@ -24,6 +23,7 @@ from src.inference.extractors import EmbeddingExtractor, ModuleExtractor, build_
 from src.inference.gender import load_gender_head, male_probabilities
 from src.inference.windows import batches_by_length, clip_windows, energy_mask
 from src.util.io import write_csv, write_npz
+from src.util.logs import progress as progress_of
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ def embed_clips(
     max_samples = int(cfg.batch_seconds * sample_rate)
     batches = list(batches_by_length(windows, max_samples))
     clip_index, clip = -1, None  # the clip being cut into windows
-    for batch in tqdm(
-        batches, desc="embed", unit="batch", disable=None if progress else True, leave=False
-    ):
+    for batch in progress_of(batches, "embed", unit="batch", enabled=progress):
         waves = np.empty((len(batch), batch[0].length), dtype=np.float32)  # (batch, samples)
         for row, w in enumerate(batch):
             # windows come clip by clip: read each clip once, not once per window (a 10-minute

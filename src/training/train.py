@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from src.config import ExperimentConfig, config_to_yaml
 from src.data.cache import AudioCache, read_manifest
@@ -44,6 +43,7 @@ from src.training.selection import (
     snapshot_path,
 )
 from src.util.io import write_csv, write_text
+from src.util.logs import progress
 from src.util.seed import seed_everything
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
@@ -422,7 +422,7 @@ def run_epoch(
     totals = {"loss": 0.0, "accuracy": 0.0}
     count = 0
     for step, (waves, labels, genders) in enumerate(
-        tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=None)
+        progress(loader, f"epoch {epoch + 1}", unit="steps")
     ):
         modules.head.set_margin(margin_at_epoch(cfg.head, epoch + step / max(1, len(loader))))
         waves, labels, genders = (t.to(device, non_blocking=True) for t in (waves, labels, genders))
