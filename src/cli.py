@@ -18,7 +18,13 @@ from datetime import UTC, datetime
 from importlib import import_module
 from pathlib import Path
 
-from src.config import ConfigError, ExperimentConfig, config_to_yaml, load_config
+from src.config import (
+    SECOND_LEVEL_SECTIONS,
+    ConfigError,
+    ExperimentConfig,
+    config_to_yaml,
+    load_config,
+)
 from src.util.io import read_json, write_json, write_text
 from src.util.logs import setup_logging
 from src.util.seed import seed_everything
@@ -135,6 +141,12 @@ def record_run(cfg: ExperimentConfig, stage: str, seconds: float) -> None:
     record = read_json(path) if path.is_file() else {"stages": {}}
     record |= {"run": cfg.run_name, "experiment": cfg.experiment, "variant": cfg.variant}
     record |= cfg.origin
+    if folder == cfg.experiment_dir:  # a first-level run is not changed by stack settings
+        record["changed"] = {
+            k: v
+            for k, v in record.get("changed", {}).items()
+            if k.split(".")[0] not in SECOND_LEVEL_SECTIONS
+        }
     record["stages"][stage] = {
         "seconds": round(seconds, 3),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -144,7 +144,7 @@ class TrainConfig(Section):
     grad_clip: float = Field(5.0, ge=0)
     patience: int = Field(5, ge=1, description="selection=holdout: epochs without improvement")
     selection: Literal["holdout", "average"] = Field(
-        "holdout",
+        "average",
         description="how best.pt is chosen without the fold's own trials: early stopping on "
         "held-out training speakers, or the mean of the last epochs of a fixed schedule",
     )

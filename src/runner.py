@@ -100,5 +100,6 @@ def run_pipeline(
         call_stage(stage, cfg, force=force)
         timings[stage] = time.perf_counter() - started
         log.info("stage %s done in %.1f s", stage, timings[stage])
-    log.info("done in %.1f s; submission: %s", sum(timings.values()), cfg.submission_path)
+    wrote = f"; submission: {cfg.submission_path}" if "submit" in stages else ""
+    log.info("done in %.1f s%s", sum(timings.values()), wrote)
     return timings

@@ -139,9 +139,12 @@ def test_killed_run_of_another_config_is_never_reused(
     """Run A finishes; run B (other lr) dies after overwriting best.pt; rerunning A retrains.
 
     Before stamps were cleared at the start of a run, A's old stamp still matched and A's
-    rerun silently reused B's half-trained best.pt.
+    rerun silently reused B's half-trained best.pt. (selection=holdout: best.pt is rewritten
+    at every improvement, not only at the end of the schedule.)
     """
-    cfg = config_for(prepared / "data", tmp_path, *TINY, "train.epochs=1")
+    cfg = config_for(
+        prepared / "data", tmp_path, *TINY, "train.epochs=1", "train.selection=holdout"
+    )
     cfg.paths.prep = prepared / "outputs" / "prep"
     cfg.paths.folds = prepared / "folds"
     best = train_stage(cfg, 0)

@@ -36,19 +36,22 @@ def test_holdout_training_never_reads_the_fold_trials(tiny, tmp_path: Path) -> N
     trials = tiny.folds_dir / "trials_fold0.csv"
     saved = trials.read_bytes()
     trials.write_text("not,a,trial\nfile")
+    holdout = tiny.model_copy(
+        update={"train": tiny.train.model_copy(update={"selection": "holdout"})}
+    )
     try:
-        best = train_stage(tiny, 0, force=True)
+        best = train_stage(holdout, 0, force=True)
     finally:
         trials.write_bytes(saved)
     state = load_checkpoint(best)
-    oof_speakers = _fold_speakers(tiny, 0)
+    oof_speakers = _fold_speakers(holdout, 0)
     trained, chose = set(state["speakers"]), set(state["validation_speakers"])
     assert chose and trained
     assert not (trained | chose) & oof_speakers
     assert not trained & chose
     validation = pd.read_csv(best.parent / "validation_trials.csv", dtype=str)
     used = set(validation["audio_1"]) | set(validation["audio_2"])
-    manifest = read_manifest(tiny.paths.prep_dir).set_index("id")
+    manifest = read_manifest(holdout.paths.prep_dir).set_index("id")
     assert set(manifest.loc[list(used), "speaker"]) <= chose
     history = pd.read_csv(best.parent / "history.csv")
     assert history["val_eer"].between(0, 1).all()

@@ -111,6 +111,9 @@ def plot_training_curves(histories: dict[str, list], path: Path) -> None:
         axes[1, column].set_xlabel("epoch")
         for ax in axes[:, column]:
             ax.grid(True, linewidth=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        if not any(h["val_eer"].notna().any() for h in histories[run]):
+            axes[1, column].set_title(f"{run}: no validation (train.selection=average)")
     fig.tight_layout()
     _save(fig, path)
