@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -220,6 +227,13 @@ class SubmitConfig(Section):
     )
     positive_share: float = Field(0.5, gt=0, lt=1)
     source: Literal["stack", "first_level"] = "stack"
+
+    @field_validator("transitive", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as a boolean: take it as the word."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     # with source=first_level: which experiment (default: the config's experiment) and score
     experiment: str | None = None
     score: Literal["asnorm", "cosine"] = "asnorm"

@@ -61,3 +61,8 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config("configs/does-not-exist.yaml")
+
+
+def test_yaml_on_off_words_are_taken_as_words() -> None:
+    assert load_config(None, ["submit.transitive=off"]).submit.transitive == "off"
+    assert load_config(None, ["submit.transitive=on"]).submit.transitive == "on"
