@@ -9,7 +9,8 @@ Needs the first level already scored (``bench/accuracy.py`` or ``run.sh --stop-s
 For the stack of the given experiments and of the first one alone, it prints OOF EER and test
 accuracy (balanced threshold; test needs ``public-test-labels.csv``) without graph features,
 with them, and with transitive consistency on top (thresholds chosen on OOF; its OOF accuracy
-nested: thresholds from the other folds). Then the graph-size check: the same stack on OOF
+nested: thresholds from the other folds; ``submit.transitive=auto`` applies it only when the
+nested OOF accuracy beats the one without, ``test_acc_default``). Then the graph-size check: the same stack on OOF
 graphs of half the clips (every fold's held-out clips subsampled), and the adversarial AUC of
 each graph-feature group between OOF trials and test pairs.
 """
@@ -36,7 +37,7 @@ from src.stacking.adversarial import adversarial_validation
 from src.stacking.inputs import align_experiments, load_experiment
 from src.stacking.stack import load_graph_views, run_stack
 from src.stacking.submit import balanced_labels
-from src.stacking.transitive import choose_thresholds, nested_oof_accuracy, propagate
+from src.stacking.transitive import choose_thresholds, decide, nested_oof_accuracy, propagate
 from src.util.io import write_json, write_npz
 from src.util.logs import setup_logging
 
@@ -61,6 +62,7 @@ def evaluate(cfg: ExperimentConfig, dirs: list[Path], key: np.ndarray | None, ou
         "oof_acc_balanced": choice.oof_accuracy_before,
         "oof_acc_transitive_nested": nested_oof_accuracy(oof, oof["prob"].to_numpy(), share),
         "transitive": [choice.high, choice.low],
+        "transitive_by_default": decide(oof, oof["prob"].to_numpy(), share).high is not None,
         "stack_seconds": seconds,
     }
     if key is not None:
@@ -69,6 +71,9 @@ def evaluate(cfg: ExperimentConfig, dirs: list[Path], key: np.ndarray | None, ou
         if choice.high is not None:
             prob = propagate(test, prob, choice.high, choice.low)
         row["test_acc_transitive"] = float((balanced_labels(prob, share)[0] == key).mean())
+        row["test_acc_default"] = (
+            row["test_acc_transitive"] if row["transitive_by_default"] else row["test_acc"]
+        )
     return row
 
 

@@ -304,8 +304,7 @@ def load_graph_views(experiments: list[ExperimentScores], dirs: list[Path]) -> G
         )
     if len(experiments) > 1:
         per_fold = {f: [embeddings[e.name][f] for e in experiments] for f in reference.folds}
-        oof = reference.oof.assign(cosine=np.mean([e.oof["cosine"] for e in experiments], 0))
-        views[FUSED] = experiment_graph_features(per_fold, oof, reference.test, FUSED)
+        views[FUSED] = experiment_graph_features(per_fold, reference.oof, reference.test, FUSED)
     log.info("graph features: %d graphs in %.1f s", len(views), time.perf_counter() - started)
     return views
 

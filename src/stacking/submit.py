@@ -185,7 +185,7 @@ def apply_transitive(
     cfg: ExperimentConfig, table: pd.DataFrame, expected: pd.DataFrame
 ) -> pd.DataFrame:
     """Relabel with transitive consistency when OOF says it helps (or when forced ``on``)."""
-    from .transitive import choose_thresholds, propagate
+    from .transitive import choose_thresholds, decide, propagate
 
     needed = ["fold", *PAIR_KEYS, "label", "prob"]
     oof = read_csv(cfg.stack_dir / "oof_predictions.csv", ["label", "prob"], "stack OOF")
@@ -195,13 +195,14 @@ def apply_transitive(
         log.info("transitive consistency: OOF predictions without trial ids; off")
         return table
     share = cfg.submit.positive_share
-    choice = choose_thresholds(oof, oof["prob"].to_numpy(), share)
+    probs = oof["prob"].to_numpy()
+    choice = (decide if cfg.submit.transitive == "auto" else choose_thresholds)(oof, probs, share)
     if choice.high is None:
         log.info(
-            "transitive consistency: no gain on OOF trials (%.4f); off", choice.oof_accuracy_before
+            "transitive consistency off: no gain on OOF trials (accuracy %.4f, nested %s)",
+            choice.oof_accuracy_before,
+            choice.oof_accuracy_nested,
         )
-        return table
-    if cfg.submit.transitive == "auto" and choice.oof_accuracy_after <= choice.oof_accuracy_before:
         return table
     adjusted = propagate(table, table["score"].to_numpy(), choice.high, choice.low)
     out = table.assign(score_before_transitive=table["score"], score=adjusted)
@@ -212,12 +213,13 @@ def apply_transitive(
     out["label"] = labels
     check_submission(out, expected)
     log.info(
-        "transitive consistency (high %.2f, low %.2f; OOF accuracy %.4f -> %.4f): %d of %d test "
-        "labels changed",
+        "transitive consistency (high %.2f, low %.2f; OOF accuracy %.4f -> %.4f, nested %s): "
+        "%d of %d test labels changed",
         choice.high,
         choice.low,
         choice.oof_accuracy_before,
         choice.oof_accuracy_after,
+        choice.oof_accuracy_nested,
         int(out["transitive_flipped"].sum()),
         len(out),
     )

@@ -75,7 +75,8 @@ class TransitiveChoice:
     high: float | None  # None: transitive consistency off (it did not help on OOF)
     low: float | None
     oof_accuracy_before: float
-    oof_accuracy_after: float
+    oof_accuracy_after: float  # in-sample: thresholds chosen on the same trials (optimistic)
+    oof_accuracy_nested: float | None = None  # thresholds from the other folds (honest)
 
 
 def choose_thresholds(trials: pd.DataFrame, probs: np.ndarray, share: float) -> TransitiveChoice:
@@ -88,6 +89,20 @@ def choose_thresholds(trials: pd.DataFrame, probs: np.ndarray, share: float) -> 
         if accuracy > best[0] + 1e-9:
             best = (accuracy, high, low)
     return TransitiveChoice(best[1], best[2], before, best[0])
+
+
+def decide(trials: pd.DataFrame, probs: np.ndarray, share: float) -> TransitiveChoice:
+    """Thresholds on all OOF trials, kept only if the nested OOF accuracy (thresholds from the
+    other folds) beats the accuracy without transitive consistency."""
+    choice = choose_thresholds(trials, probs, share)
+    if choice.high is None:
+        return choice
+    nested = nested_oof_accuracy(trials, probs, share)
+    if nested <= choice.oof_accuracy_before:
+        return TransitiveChoice(None, None, choice.oof_accuracy_before, nested, nested)
+    return TransitiveChoice(
+        choice.high, choice.low, choice.oof_accuracy_before, choice.oof_accuracy_after, nested
+    )
 
 
 def nested_oof_accuracy(trials: pd.DataFrame, probs: np.ndarray, share: float) -> float:
