@@ -10,9 +10,9 @@ For the stack of the given experiments and of the first one alone, it prints OOF
 accuracy (balanced threshold; test needs ``public-test-labels.csv``) without graph features,
 with them, and with transitive consistency on top (thresholds chosen on OOF; its OOF accuracy
 nested: thresholds from the other folds; ``submit.transitive=auto`` applies it only when the
-nested OOF accuracy beats the one without, ``test_acc_default``). Then the graph-size check: the same stack on OOF
-graphs of half the clips (every fold's held-out clips subsampled), and the adversarial AUC of
-each graph-feature group between OOF trials and test pairs.
+nested OOF accuracy beats the one without, ``test_acc_default``). Then the graph-size check: the
+same stack on OOF graphs of half the clips (every fold's held-out clips subsampled), and the
+adversarial AUC of each graph-feature group between OOF trials and test pairs.
 """
 
 from __future__ import annotations
