@@ -148,3 +148,12 @@ def test_same_speaker_ranks_do_not_grow_with_the_graph(n: int) -> None:
     left = np.arange(0, n, 4)
     features = graph_features(vectors, left, left + 1, GraphSettings())
     assert features["rank_max"].median() <= 3
+
+
+def test_a_self_pair_is_its_own_nearest_neighbour() -> None:
+    vectors, _ = _speaker_vectors(4, 4, 0.8, seed=9)
+    features = graph_features(
+        vectors, np.array([3, 3]), np.array([3, 5]), GraphSettings(cuts=(0.4,))
+    )
+    assert np.isfinite(features.to_numpy()).all()
+    assert features.loc[0, "rank_max"] == 1.0 and features.loc[0, "same_cluster_0"] == 1.0

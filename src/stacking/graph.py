@@ -28,6 +28,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -133,11 +134,33 @@ def pair_features(
     sims: np.ndarray, left: np.ndarray, right: np.ndarray, settings: GraphSettings
 ) -> pd.DataFrame:
     """Graph features of pairs from the graph's similarity matrix (see the module docstring)."""
+    base = neighbourhood_features(sims, left, right, settings)
+    return pd.concat([base, cluster_features(sims, left, right, settings.cuts)], axis=1)
+
+
+def cluster_features(
+    sims: np.ndarray, left: np.ndarray, right: np.ndarray, cuts: tuple[float, ...]
+) -> pd.DataFrame:
+    """Same-cluster flags of pairs under average-linkage clustering cut at each of ``cuts``."""
+    out = {}
+    tree = cluster_tree(sims) if cuts else None
+    for i, cut in enumerate(cuts):
+        labels = fcluster(tree, t=1.0 - cut, criterion="distance")
+        out[f"same_cluster_{i}"] = (labels[left] == labels[right]).astype(np.float64)
+    return pd.DataFrame(out, index=pd.RangeIndex(left.size))
+
+
+def neighbourhood_features(
+    sims: np.ndarray, left: np.ndarray, right: np.ndarray, settings: GraphSettings
+) -> pd.DataFrame:
+    """Every graph feature but the clusters: ranks, k-NN, local normalisation, hubness, paths."""
     n = sims.shape[0]
-    raw = sims[left, right].astype(np.float64)
+    self_pair = left == right  # a test list may pair a file with itself: its own nearest
+    raw = np.where(self_pair, 1.0, sims[left, right].astype(np.float64))
     out: dict[str, np.ndarray] = {}
     index = RankIndex(sims)
     rank_ab, rank_ba = index.ranks(sims, left, right), index.ranks(sims, right, left)
+    rank_ab[self_pair] = rank_ba[self_pair] = 1.0
     out |= _spread("rank", rank_ab, rank_ba)
     k_max = min(max(settings.k), n - 1)
     order = nearest(sims, k_max) if k_max > 0 else None
@@ -159,10 +182,6 @@ def pair_features(
     out["local_norm"] = 0.5 * ((raw - mean[left]) / std[left] + (raw - mean[right]) / std[right])
     out["two_hop"] = two_hop(sims, left, right) if n > 2 else np.full(left.size, -1.0)
     out["two_hop_gap"] = out["two_hop"] - raw
-    tree = cluster_tree(sims) if settings.cuts else None
-    for i, cut in enumerate(settings.cuts):
-        labels = fcluster(tree, t=1.0 - cut, criterion="distance")
-        out[f"same_cluster_{i}"] = (labels[left] == labels[right]).astype(np.float64)
     return pd.DataFrame(out)
 
 
@@ -176,6 +195,10 @@ def cut_thresholds(scores: np.ndarray, labels: np.ndarray) -> tuple[float, ...]:
     eer = thresholds[int(np.argmin(np.abs(far - frr)))]
     loose = thresholds[np.flatnonzero(frr <= 0.05)[0]] if (frr <= 0.05).any() else thresholds[-1]
     return float(strict), float(eer), float(loose)
+
+
+def _digest(vectors: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).digest()
 
 
 def _graph_of(emb: dict[str, np.ndarray], role: str, by_name: bool) -> tuple[np.ndarray, dict]:
@@ -220,6 +243,7 @@ def experiment_graph_features(
     """
     folds = sorted(embeddings)
     graphs = {}
+    known: dict[tuple[str, bytes], np.ndarray] = {}  # one matrix per distinct graph
     for fold in folds:
         for role, pairs, by_name in (
             ("oof", oof[oof["fold"] == fold], False),
@@ -230,8 +254,10 @@ def experiment_graph_features(
             if any(v[1] != index for v in views[1:]):
                 raise ValueError(f"fold {fold}: the fused experiments embedded other {role} clips")
             left, right = _pair_rows(pairs, index, f"fold {fold} {role}")
-            sims = graph_similarity([v[0] for v in views])
-            graphs[fold, role] = (pairs.index, sims, left, right)
+            key = (role, b"".join(_digest(v[0]) for v in views))
+            if key not in known:
+                known[key] = graph_similarity([v[0] for v in views])
+            graphs[fold, role] = (pairs.index, known[key], left, right)
     # cut heights of fold k from the other folds' labelled trials, on the graphs' own scale
     trial_sims = {f: graphs[f, "oof"][1][graphs[f, "oof"][2], graphs[f, "oof"][3]] for f in folds}
     tasks = []
@@ -239,12 +265,23 @@ def experiment_graph_features(
         others = [f for f in folds if f != fold] or [fold]
         scores = np.concatenate([trial_sims[f] for f in others])
         labels = np.concatenate([oof.loc[graphs[f, "oof"][0], "label"] for f in others])
-        cuts = cut_thresholds(scores, labels)
+        finite = np.isfinite(scores)  # self-pairs have no similarity in the matrix
+        cuts = cut_thresholds(scores[finite], labels[finite])
         fold_settings = GraphSettings(settings.k, settings.cohort_k, cuts)
         for role in ("oof", "test"):
             tasks.append((fold, role, *graphs[fold, role], fold_settings))
+    # the neighbourhood features of a graph shared by several folds are computed once
+    distinct = {id(t[3]): t for t in reversed(tasks)}  # the same pairs too: same role
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy frees the GIL
-        parts = list(pool.map(lambda t: pair_features(*t[3:]), tasks))
+        bases = dict(
+            zip(
+                distinct,
+                pool.map(lambda t: neighbourhood_features(*t[3:]), distinct.values()),
+                strict=True,
+            )
+        )
+        clustered = list(pool.map(lambda t: cluster_features(*t[3:6], t[6].cuts), tasks))
+    parts = [pd.concat([bases[id(t[3])], c], axis=1) for t, c in zip(tasks, clustered, strict=True)]
     oof_parts, test_views = [], {}
     for (fold, role, index, *_), part in zip(tasks, parts, strict=True):
         if role == "oof":
