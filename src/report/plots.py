@@ -90,7 +90,7 @@ def plot_histograms(
 
 
 def plot_training_curves(histories: dict[str, list], path: Path) -> None:
-    """Loss and validation EER per epoch, one line per fold, one column per run.
+    """Loss, and validation EER (or training accuracy without validation), per epoch and fold.
 
     Parameters
     ----------
@@ -100,20 +100,20 @@ def plot_training_curves(histories: dict[str, list], path: Path) -> None:
     runs = list(histories)
     fig, axes = plt.subplots(2, len(runs), figsize=(5 * len(runs), 6), squeeze=False)
     for column, run in enumerate(runs):
+        validated = any(h["val_eer"].notna().any() for h in histories[run])
         for fold, history in enumerate(histories[run]):
             axes[0, column].plot(history["epoch"], history["loss"], label=f"fold {fold}")
-            if history["val_eer"].notna().any():
-                axes[1, column].plot(
-                    history["epoch"], 100 * history["val_eer"], label=f"fold {fold}"
-                )
+            lower = 100 * (history["val_eer"] if validated else history["accuracy"])
+            axes[1, column].plot(history["epoch"], lower, label=f"fold {fold}")
         axes[0, column].set_title(f"{run}: training loss")
-        axes[1, column].set_title(f"{run}: validation EER (%), held-out speakers")
+        axes[1, column].set_title(
+            f"{run}: validation EER (%), held-out speakers"
+            if validated
+            else f"{run}: training accuracy (%), no validation"
+        )
         axes[1, column].set_xlabel("epoch")
         for ax in axes[:, column]:
             ax.grid(True, linewidth=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-        if not any(h["val_eer"].notna().any() for h in histories[run]):
-            axes[1, column].set_title(f"{run}: no validation (train.selection=average)")
+            ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
