@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src.config import ExperimentConfig, load_config
 from src.inference.embed import load_embeddings
 from src.inference.metrics import accuracy_at, balanced_threshold
-from src.stacking.adversarial import adversarial_validation
 from src.stacking.inputs import align_experiments, load_experiment
-from src.stacking.stack import load_graph_views, run_stack
+from src.stacking.stack import graph_group_aucs, load_graph_views, run_stack
 from src.stacking.submit import balanced_labels
 from src.stacking.transitive import choose_thresholds, decide, nested_oof_accuracy, propagate
 from src.util.io import write_json, write_npz
@@ -104,27 +103,10 @@ def subsampled_copy(dirs: list[Path], root: Path, seed: int) -> list[Path]:
 
 
 def adversarial_by_group(cfg: ExperimentConfig, dirs: list[Path]) -> dict[str, float]:
-    """AUC of telling OOF trials from test pairs by each graph-feature group alone."""
+    """AUC of telling OOF trials from test pairs by each graph-feature group alone (all graphs:
+    each experiment's and the fused one), as the stack stage records it."""
     experiments = align_experiments([load_experiment(d) for d in dirs])
-    views = load_graph_views(experiments, dirs)
-    groups = {
-        "neighbourhood": ("rank", "mutual_knn", "shared_knn"),
-        "local normalisation": ("local_", "hubness"),
-        "paths": ("two_hop",),
-        "clusters": ("same_cluster", "cluster_size"),
-    }
-    reference = experiments[0]
-    oof_features, test_views = views[reference.name]
-    test_features = test_views[reference.folds[0]]
-    result = {}
-    for group, stems in groups.items():
-        columns = [c for c in oof_features.columns if c.split("__g_")[1].startswith(stems)]
-        _, summary = adversarial_validation(
-            oof_features[columns], test_features[columns], cfg.stack, cfg.seed,
-            reference.oof, reference.test,
-        )  # fmt: skip
-        result[group] = summary["auc"]
-    return result
+    return graph_group_aucs(load_graph_views(experiments, dirs), experiments[0], cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
