@@ -40,7 +40,7 @@ from scipy.spatial.distance import squareform
 
 from src.inference.metrics import error_curves
 
-CHUNK = 4096  # pairs per block in the two-hop and rank computations (memory ~ CHUNK * n)
+CHUNK = 4096  # pairs per block of the two-hop computation (memory ~ CHUNK * n)
 
 
 @dataclass(frozen=True)
