@@ -40,6 +40,16 @@ def test_ranks_and_two_hop_match_brute_force() -> None:
     np.testing.assert_allclose(two_hop(sims, left, right), brute_hop, rtol=1e-6)
 
 
+def test_pruned_two_hop_is_exact_on_a_larger_graph() -> None:
+    """Candidates are each clip's 8 nearest: many pairs need the full check, none may differ."""
+    vectors, _ = _speaker_vectors(40, 8, 1.4, seed=10)
+    rng = np.random.default_rng(11)
+    left, right = rng.integers(0, 320, 2000), rng.integers(0, 320, 2000)
+    sims = similarity(vectors)
+    brute = np.minimum(sims[left], sims[right]).max(axis=1)
+    np.testing.assert_array_equal(two_hop(sims, left, right, candidates=8), brute)
+
+
 def test_features_are_symmetric_in_the_pair() -> None:
     vectors, _ = _speaker_vectors(8, 4, 0.8, seed=2)
     rng = np.random.default_rng(3)

@@ -80,13 +80,30 @@ class RankIndex:
         return (self.n - at_most + 1).astype(np.float64)
 
 
-def two_hop(sims: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """``max_c min(S[a,c], S[c,b])`` over third clips c (a and b excluded)."""
+def two_hop(
+    sims: np.ndarray, left: np.ndarray, right: np.ndarray, candidates: int = 64
+) -> np.ndarray:
+    """``max_c min(S[a,c], S[c,b])`` over third clips c (a and b excluded), exactly.
+
+    The best c is searched among the ``candidates`` nearest neighbours of a and of b first: any
+    other c has ``S[a,c]`` at most a's last candidate similarity and ``S[c,b]`` at most b's, so
+    a best path at least as high as the lower of the two is the true maximum. Only the other
+    pairs are checked against every clip.
+    """
+    n = sims.shape[0]
+    m = min(candidates, n - 1)
+    near = nearest(sims, m)  # (n, m)
+    floor = sims[np.arange(n), near[:, -1]]
     out = np.empty(left.size, dtype=np.float64)
     for start in range(0, left.size, CHUNK):
         a, b = left[start : start + CHUNK], right[start : start + CHUNK]
-        paths = np.minimum(sims[a], sims[b])  # (chunk, n); -inf at c = a and c = b
-        out[start : start + CHUNK] = paths.max(axis=1)
+        pool = np.concatenate([near[a], near[b]], axis=1)  # (chunk, 2m)
+        best = np.minimum(sims[a[:, None], pool], sims[b[:, None], pool]).max(axis=1)
+        unsure = np.flatnonzero(best < np.minimum(floor[a], floor[b]))
+        if unsure.size:
+            paths = np.minimum(sims[a[unsure]], sims[b[unsure]])  # -inf at c = a and c = b
+            best[unsure] = paths.max(axis=1)
+        out[start : start + CHUNK] = best
     return out
 
 
