@@ -164,7 +164,7 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     # everything computed: only now are the outputs replaced, each atomically; the stamp goes
     # first so that a kill between the writes leaves the stage to be redone
     gender_paths = [exp / "gender_oof.csv", exp / "gender_test.csv"]
-    stale = [p for p, keep in ((exp / "test_scores.csv", table is not None),) if not keep]
+    stale = [exp / "test_scores.csv"] if table is None else []
     mark_started(exp, "score", stale + (gender_paths if gender is None else []))
     write_csv(exp / "oof_scores.csv", oof)
     if table is not None:
