@@ -25,6 +25,7 @@ from src.config import (
     config_to_yaml,
     load_config,
 )
+from src.training.large_margin import first_level_configs
 from src.util.io import read_json, write_json, write_text
 from src.util.logs import setup_logging
 from src.util.seed import seed_everything
@@ -113,13 +114,16 @@ def call_stage(stage: str, cfg: ExperimentConfig, fold: int | None = None, **opt
     function = _resolve(stage)
     accepted = inspect.signature(function).parameters
     kwargs = {name: value for name, value in options.items() if name in accepted}
-    started = time.perf_counter()
-    if stage in PER_FOLD:
-        for k in [fold] if fold is not None else range(cfg.folds.n_folds):
-            function(cfg, k, **kwargs)
-    else:
-        function(cfg, **kwargs)
-    record_run(cfg, stage, time.perf_counter() - started)
+    # a first-level stage also runs the large-margin phase when the config turns it on
+    runs = first_level_configs(cfg) if stage in FIRST_LEVEL_STAGES else [cfg]
+    for run in runs:
+        started = time.perf_counter()
+        if stage in PER_FOLD:
+            for k in [fold] if fold is not None else range(run.folds.n_folds):
+                function(run, k, **kwargs)
+        else:
+            function(run, **kwargs)
+        record_run(run, stage, time.perf_counter() - started)
 
 
 FIRST_LEVEL_STAGES = ("train", "embed", "score")

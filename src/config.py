@@ -86,7 +86,24 @@ class SpecAugmentConfig(Section):
     time_width: int = Field(10, ge=0)
 
 
+class KaldiFbankConfig(Section):
+    """Kaldi filterbank conventions (``features.frontend: kaldi_fbank``), as WeSpeaker uses them."""
+
+    window: Literal["hamming", "povey", "hanning", "rectangular"] = "hamming"
+    dither: float = Field(1.0, ge=0, description="training only, on the scaled waveform")
+    scale: float = Field(32768.0, gt=0, description="waveform multiplier (int16 range)")
+    low_freq: float = Field(20.0, ge=0)
+    high_freq: float = Field(0.0, description="0 = Nyquist; negative: Nyquist minus this")
+    preemphasis: float = Field(0.97, ge=0, lt=1)
+    remove_dc_offset: bool = True
+    cmn: bool = Field(True, description="subtract each utterance's mean over time")
+
+
 class FeaturesConfig(Section):
+    frontend: Literal["logmel", "kaldi_fbank"] = Field(
+        "logmel",
+        description="log-mel (torch STFT, HTK mel) or Kaldi-compatible fbank (features.kaldi)",
+    )
     n_mels: int = Field(80, gt=0)
     win_ms: float = 25.0
     hop_ms: float = 10.0
@@ -95,6 +112,7 @@ class FeaturesConfig(Section):
     fmax: float | None = 7600.0
     preemphasis: float = Field(0.97, ge=0, lt=1, description="pre-emphasis coefficient; 0 = off")
     specaugment: SpecAugmentConfig = SpecAugmentConfig()
+    kaldi: KaldiFbankConfig = KaldiFbankConfig()
 
 
 class AugmentConfig(Section):
@@ -113,6 +131,18 @@ class AugmentConfig(Section):
 
 
 class ModelConfig(Section):
+    architecture: Literal["timm", "wespeaker_resnet34", "wespeaker_resnet18", "ge2e"] = Field(
+        "timm",
+        description="timm CNN on the features front-end; WeSpeaker's ResNet (its module and "
+        "parameter names, on features.frontend); or the GE2E LSTM with its own front-end",
+    )
+    weights: Path | None = Field(
+        None,
+        description="state dict in the architecture's upstream layout (e.g. WeSpeaker "
+        "avg_model.pt), loaded strictly before training or embedding; nothing downloads",
+    )
+    weights_sha256: str | None = Field(None, description="expected sha256 of model.weights")
+    wespeaker_channels: int = Field(32, gt=0, description="WeSpeaker ResNet m_channels")
     backbone: str = "resnet18"
     pretrained: bool = False
     stem: Literal["timm", "speaker"] = "speaker"
@@ -135,6 +165,20 @@ class HeadConfig(Section):
     easy_margin: bool = Field(False, description="AAM margin only where cos(theta) > 0")
     softmax_logits: Literal["cosine", "linear"] = "cosine"
     gender_weight: float = Field(0.0, ge=0, description="weight of the auxiliary gender head")
+
+
+class LargeMarginConfig(Section):
+    """A short second phase per fold from ``best.pt``: longer crops, a larger margin.
+
+    It writes its own experiment, ``<run>_lmft``, with its own OOF figures.
+    """
+
+    enabled: bool = False
+    epochs: int = Field(3, ge=1)
+    crop_seconds: tuple[float, float] = (3.0, 4.0)
+    margin: float = Field(0.5, ge=0)
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int | None = Field(None, ge=2, description="default: train.batch_size")
 
 
 class TrainConfig(Section):
@@ -166,6 +210,16 @@ class TrainConfig(Section):
     init_checkpoint: Path | None = Field(
         None, description="start every fold from this checkpoint; '{fold}' in it is the fold"
     )
+    pretrained_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="learning rate of the embedder's pretrained layers (model.pretrained, "
+        "model.weights or init_checkpoint) relative to train.lr; the heads get train.lr",
+    )
+    freeze_epochs: float = Field(
+        0.0, ge=0, description="epochs with the pretrained layers frozen (heads only) at first"
+    )
+    large_margin: LargeMarginConfig = LargeMarginConfig()
     allow_seen_speakers: bool = Field(
         False,
         description="let init_checkpoint be a model that saw this fold's OOF speakers (leaks: "
@@ -189,7 +243,18 @@ class ScoreConfig(Section):
 class ExtractorConfig(Section):
     """Which first-level embedding extractor an experiment uses."""
 
-    kind: Literal["cnn", "resemblyzer"] = "cnn"
+    kind: Literal["cnn", "resemblyzer", "pretrained", "onnx"] = Field(
+        "cnn",
+        description="cnn: a model trained per fold by this project (any model.architecture); "
+        "resemblyzer: the GE2E wheel, frozen; pretrained: model.architecture with "
+        "model.weights (or GE2E's), frozen; onnx: an ONNX model on the features front-end",
+    )
+    path: Path | None = Field(None, description="kind=onnx: the .onnx file")
+    sha256: str | None = Field(None, description="kind=onnx: expected sha256 of the file")
+    input_name: str = Field("feats", description="kind=onnx: input of (batch, frames, bins)")
+    output_name: str = Field("embs", description="kind=onnx: output of (batch, dim)")
+    dim: int = Field(256, gt=0, description="kind=onnx: the embedding size the model gives")
+    threads: int = Field(0, ge=0, description="kind=onnx: intra-op threads; 0 = all cores")
 
 
 class StackConfig(Section):
@@ -289,6 +354,17 @@ class ExperimentConfig(Section):
     def run_name(self) -> str:
         """The first-level run's name: its folder under ``paths.outputs``."""
         return self.run or self.experiment
+
+    @property
+    def stacked_runs(self) -> list[str]:
+        """The first-level runs the second level combines: ``stack.experiments``, or this
+        config's run (and its large-margin phase ``<run>_lmft`` when that is on)."""
+        if self.stack.experiments:
+            return list(self.stack.experiments)
+        runs = [self.run_name]
+        if self.train.large_margin.enabled and self.extractor.kind == "cnn":
+            runs.append(self.run_name + "_lmft")
+        return runs
 
     @property
     def experiment_dir(self) -> Path:

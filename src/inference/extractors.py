@@ -3,59 +3,43 @@
 An experiment's first-level model is an extractor chosen by ``extractor.kind``:
 
 - ``cnn``: our log-mel CNN, one trained model per fold (``fold{k}/best.pt``);
+  ``cnn`` covers every ``model.architecture`` this project trains (timm CNN, WeSpeaker ResNet,
+  GE2E fine-tuned);
 - ``resemblyzer``: the pretrained GE2E encoder shipped inside the optional ``resemblyzer``
-  package (same model for every fold: its OOF scores are its scores on each fold's trials).
+  package, with its own preprocessing (same model for every fold: its OOF scores are its scores
+  on each fold's trials);
+- ``pretrained``: ``model.architecture`` with its pretrained weights (``model.weights``, or
+  GE2E's), frozen, the same for every fold;
+- ``onnx``: an ONNX speaker model on the ``features`` front-end, frozen (``onnx_extractor.py``).
 
-Another backend (SpeechBrain ECAPA, WeSpeaker ResNet34, ...) plugs in by subclassing
-:class:`EmbeddingExtractor` and adding it to ``EXTRACTORS``; see the README.
+Another backend plugs in by subclassing :class:`EmbeddingExtractor` and adding it to
+``EXTRACTORS``; see the README.
 """
 
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from src.config import ExperimentConfig, FeaturesConfig, ModelConfig
+from src.inference.extractor_base import EmbeddingExtractor, ModuleExtractor
 from src.training.checkpoint import load_checkpoint
 from src.training.device import pick_device
-from src.util.stage_cache import file_digest
+from src.util.stage_cache import file_digest, fingerprint
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingExtractor(ABC):
-    """Maps waveforms ``(batch, samples)`` at 16 kHz to unit vectors ``(batch, dim)``."""
-
-    dim: int
-    fingerprint: str  # changes whenever the model's weights or settings change
-
-    @abstractmethod
-    def embed(self, waves: np.ndarray) -> np.ndarray:
-        """Unit-length embeddings of equal-length waveforms, float32 ``(batch, dim)``."""
-
-
-class ModuleExtractor(EmbeddingExtractor):
-    """Wraps a torch embedder module (in eval mode) as an extractor."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, dim: int, fingerprint: str):
-        self.model, self.device, self.dim, self.fingerprint = model, device, dim, fingerprint
-
-    @torch.inference_mode()
-    def embed(self, waves: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            vectors = self.model(batch).float()  # (batch, dim)
-        return torch.nn.functional.normalize(vectors, dim=1).cpu().numpy()
-
-
 # settings a trained model is defined by: a checkpoint written under others is refused
 MODEL_SECTIONS = ("features", "model")
-MODEL_KEYS_IGNORED = {"model.pretrained", "model.channels_last"}  # same weights either way
+# same network either way: the weights come from the checkpoint
+MODEL_KEYS_IGNORED = {
+    "model.pretrained",
+    "model.channels_last",
+    "model.weights",
+    "model.weights_sha256",
+}
 
 
 def model_mismatches(saved: dict, cfg: ExperimentConfig) -> list[str]:
@@ -96,7 +80,7 @@ def load_cnn_extractor(
         )
     model = build_embedder(
         FeaturesConfig(**config["features"]),
-        ModelConfig(**{**config["model"], "pretrained": False}),
+        ModelConfig(**{**config["model"], "pretrained": False, "weights": None}),
         int(config["data"]["sample_rate"]),
     )
     model.load_state_dict(state["model"])
@@ -115,9 +99,35 @@ def _resemblyzer(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:
     return ResemblyzerExtractor(cfg.train.device)
 
 
+def _pretrained(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:
+    from src.model_zoo import build_embedder
+    from src.model_zoo.weights import load_initial_weights
+
+    model = build_embedder(cfg.features, cfg.model, cfg.data.sample_rate)
+    digest = load_initial_weights(model, cfg.model, cfg.features)
+    if digest is None:
+        raise ValueError(
+            "extractor.kind=pretrained embeds with pretrained weights, but none are configured: "
+            "set model.weights (WeSpeaker ResNet) or model.pretrained=true (ge2e)"
+        )
+    target = pick_device(cfg.train.device)
+    model.to(target).eval()
+    settings = cfg.model_dump(mode="json", include={"features", "model"})
+    key = fingerprint("pretrained", digest, settings)
+    return ModuleExtractor(model, target, cfg.model.embedding_dim, key, fold_independent=True)
+
+
+def _onnx(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:
+    from src.inference.onnx_extractor import OnnxExtractor
+
+    return OnnxExtractor(cfg)
+
+
 EXTRACTORS: dict[str, Callable[[ExperimentConfig, int], EmbeddingExtractor]] = {
     "cnn": _cnn,
     "resemblyzer": _resemblyzer,
+    "pretrained": _pretrained,
+    "onnx": _onnx,
 }
 
 

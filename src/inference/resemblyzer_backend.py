@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from src.inference.extractors import EmbeddingExtractor
+from src.inference.extractor_base import EmbeddingExtractor
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,15 @@
 """The speaker embedder: waveform in, one embedding per utterance out.
 
-``LogMel -> SpecAugment (training only) -> timm backbone -> pooling -> dropout -> Linear +
-BatchNorm1d``. The classification heads (``heads.py``) sit on top during training only.
+``model.architecture`` picks the network; each has its front-end inside, so training and
+embedding compute the same thing:
+
+- ``timm``: ``LogMel or KaldiFbank -> SpecAugment (training only) -> timm backbone -> pooling ->
+  dropout -> Linear + BatchNorm1d``;
+- ``wespeaker_resnet34`` / ``wespeaker_resnet18``: ``features front-end -> SpecAugment ->
+  WeSpeakerResNet`` (WeSpeaker's parameter names, so its checkpoints load strictly);
+- ``ge2e``: Resemblyzer's GE2E LSTM with its own mel front-end (``features`` is not used).
+
+The classification heads (``heads.py``) sit on top during training only.
 
 Example
 -------
@@ -18,9 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.config import FeaturesConfig, ModelConfig
+from src.features.kaldi_fbank import KaldiFbank
 from src.features.logmel import LogMel, SpecAugment
 from src.model_zoo.backbones import backbone_output_shape, build_backbone
+from src.model_zoo.ge2e import EMBEDDING_DIM as GE2E_DIM
+from src.model_zoo.ge2e import GE2EEncoder
 from src.model_zoo.pooling import AttentiveStatsPooling, StatsPooling, build_pooling
+from src.model_zoo.wespeaker_resnet import WeSpeakerResNet
 
 
 def l2_normalise(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -51,7 +63,7 @@ class SpeakerEmbedder(nn.Module):
 
     def __init__(
         self,
-        front_end: LogMel,
+        front_end: LogMel | KaldiFbank,
         specaugment: SpecAugment,
         backbone: nn.Module,
         pooling: StatsPooling | AttentiveStatsPooling,
@@ -72,7 +84,10 @@ class SpeakerEmbedder(nn.Module):
         self.channels_last = channels_last
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        features = self.specaugment(self.front_end(waveform))  # (batch, mels, frames)
+        features = self.front_end(waveform)
+        if isinstance(self.front_end, KaldiFbank):
+            features = features.transpose(1, 2)  # time-first fbank -> (batch, mels, frames)
+        features = self.specaugment(features)  # (batch, mels, frames)
         # front-end and pooling compute in float32; follow the weights if the model was cast
         dtype = self.embedding[0].weight.dtype
         features = features.unsqueeze(1).to(dtype)  # (batch, 1, mels, frames)
@@ -83,15 +98,85 @@ class SpeakerEmbedder(nn.Module):
         return self.embedding(pooled)  # (batch, embedding_dim)
 
 
+class EncoderEmbedder(nn.Module):
+    """Front-end -> SpecAugment (training only) -> an encoder taking ``(batch, frames, bins)``.
+
+    Shapes: waveform ``(batch, samples)`` -> embedding ``(batch, encoder.embed_dim)``.
+    """
+
+    def __init__(
+        self, front_end: LogMel | KaldiFbank, specaugment: SpecAugment, encoder: nn.Module
+    ) -> None:
+        super().__init__()
+        self.front_end = front_end
+        self.specaugment = specaugment
+        self.encoder = encoder
+        self.embedding_dim = encoder.embed_dim
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        features = self.front_end(waveform)
+        if isinstance(self.front_end, LogMel):
+            features = features.transpose(1, 2)  # (batch, frames, mels)
+        masked = self.specaugment(features.transpose(1, 2)).transpose(1, 2)
+        return self.encoder(masked.to(self.encoder.conv1.weight.dtype))
+
+
+def build_front_end(features_cfg: FeaturesConfig, sample_rate: int) -> LogMel | KaldiFbank:
+    """The ``features.frontend`` module."""
+    if features_cfg.frontend == "kaldi_fbank":
+        return KaldiFbank(features_cfg, sample_rate)
+    return LogMel(features_cfg, sample_rate)
+
+
 def build_embedder(
     features_cfg: FeaturesConfig, model_cfg: ModelConfig, sample_rate: int
+) -> nn.Module:
+    """Assemble the embedder of ``model.architecture`` from the ``features`` and ``model``
+    sections (random weights; see ``weights.py`` for pretrained ones).
+
+    Raises
+    ------
+    ValueError
+        A setting the architecture cannot take (GE2E: 16 kHz and 256-d only; WeSpeaker ResNet:
+        fbank bins a multiple of 8).
+    """
+    architecture = model_cfg.architecture
+    if architecture == "ge2e":
+        if sample_rate != 16000 or model_cfg.embedding_dim != GE2E_DIM:
+            raise ValueError(
+                "model.architecture=ge2e needs data.sample_rate=16000 and model.embedding_dim="
+                f"{GE2E_DIM}; got {sample_rate} and {model_cfg.embedding_dim}"
+            )
+        return GE2EEncoder()
+    front_end = build_front_end(features_cfg, sample_rate)
+    specaugment = SpecAugment(features_cfg.specaugment)
+    if architecture.startswith("wespeaker_resnet"):
+        if features_cfg.n_mels % 8:
+            raise ValueError(
+                f"{architecture} needs features.n_mels divisible by 8 (three stride-2 stages); "
+                f"got {features_cfg.n_mels}"
+            )
+        encoder = WeSpeakerResNet(
+            depth=int(architecture.removeprefix("wespeaker_resnet")),
+            feat_dim=features_cfg.n_mels,
+            embed_dim=model_cfg.embedding_dim,
+            m_channels=model_cfg.wespeaker_channels,
+        )
+        return EncoderEmbedder(front_end, specaugment, encoder)
+    return _build_timm_embedder(front_end, specaugment, features_cfg, model_cfg)
+
+
+def _build_timm_embedder(
+    front_end: LogMel | KaldiFbank,
+    specaugment: SpecAugment,
+    features_cfg: FeaturesConfig,
+    model_cfg: ModelConfig,
 ) -> SpeakerEmbedder:
-    """Assemble a :class:`SpeakerEmbedder` from the ``features`` and ``model`` config sections."""
     backbone, _ = build_backbone(model_cfg)
     channels, freq = backbone_output_shape(backbone, features_cfg.n_mels)
     return SpeakerEmbedder(
-        front_end=LogMel(features_cfg, sample_rate),
-        specaugment=SpecAugment(features_cfg.specaugment),
+        front_end=front_end,
+        specaugment=specaugment,
         backbone=backbone,
         pooling=build_pooling(model_cfg, channels, freq),
         embedding_dim=model_cfg.embedding_dim,

@@ -51,7 +51,7 @@ def collect_sources(cfg: ExperimentConfig) -> dict[str, Source]:
     """Every first-level score of the stacked experiments, and the stack if it has run."""
     outputs = cfg.paths.outputs
     sources: dict[str, Source] = {}
-    for exp in cfg.stack.experiments or [cfg.run_name]:
+    for exp in cfg.stacked_runs:
         oof_path, test_path = outputs / exp / "oof_scores.csv", outputs / exp / "test_scores.csv"
         if not oof_path.is_file():
             log.warning("report: %s has no oof_scores.csv; skipped", exp)
@@ -405,7 +405,7 @@ def summary_markdown(
 def training_histories(cfg: ExperimentConfig) -> dict[str, list[pd.DataFrame]]:
     """Each reported run's ``fold{k}/history.csv`` tables (runs that trained nothing: none)."""
     histories = {}
-    for run in cfg.stack.experiments or [cfg.run_name]:
+    for run in cfg.stacked_runs:
         paths = sorted((cfg.paths.outputs / run).glob("fold*/history.csv"))
         if paths:
             histories[run] = [pd.read_csv(p) for p in paths]

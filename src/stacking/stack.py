@@ -458,7 +458,7 @@ def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     Skipped when the score tables, the manifest and ``cfg.stack`` are unchanged since the last
     complete run (``force`` redoes it).
     """
-    names = cfg.stack.experiments or [cfg.run_name]
+    names = cfg.stacked_runs
     dirs = [cfg.paths.outputs / name for name in names]
     out_dir = cfg.stack_dir
     inputs = [d / f for d in dirs for f in STACK_INPUTS] + [cfg.paths.prep_dir / "manifest.csv"]

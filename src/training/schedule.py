@@ -31,3 +31,21 @@ def schedule_for(cfg: TrainConfig, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     return lambda step: lr_factor(step, total, warmup, cfg.scheduler)
+
+
+def group_schedules(cfg: TrainConfig, steps_per_epoch: int, pretrained: bool) -> list:
+    """``LambdaLR`` factors of the two parameter groups: the embedder, then the heads.
+
+    With pretrained embedder weights, the embedder runs at ``pretrained_lr_scale`` times the
+    rate and stands still (factor 0) for its first ``freeze_epochs``: the new heads learn first.
+    """
+    base = schedule_for(cfg, steps_per_epoch)
+    if not pretrained:
+        return [base, base]
+    frozen_steps = round(cfg.freeze_epochs * steps_per_epoch)
+    scale = cfg.pretrained_lr_scale
+
+    def embedder(step: int) -> float:
+        return 0.0 if step < frozen_steps else scale * base(step)
+
+    return [embedder, base]

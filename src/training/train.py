@@ -32,10 +32,11 @@ from src.inference.extractors import ModuleExtractor
 from src.inference.metrics import equal_error_rate
 from src.inference.score import cosine_pairs
 from src.model_zoo import build_embedder, build_gender_head, build_head, margin_at_epoch
+from src.model_zoo.weights import has_pretrained_weights, load_initial_weights
 from src.training.batches import BalancedBatches, TrainingSet, steps_per_epoch
 from src.training.checkpoint import load_checkpoint, save_checkpoint
 from src.training.device import barrier, broadcast_float, init_distributed, pick_device
-from src.training.schedule import schedule_for
+from src.training.schedule import group_schedules
 from src.training.selection import (
     average_state_dicts,
     averaged_epochs,
@@ -118,6 +119,7 @@ class TrainingModule(torch.nn.Module):
         super().__init__()
         self.gender_weight = cfg.head.gender_weight
         self.model = build_embedder(cfg.features, cfg.model, cfg.data.sample_rate)
+        self.weights_digest = load_initial_weights(self.model, cfg.model, cfg.features)
         self.head = build_head(cfg.head, cfg.model.embedding_dim, n_speakers)
         self.gender = build_gender_head(cfg.head, cfg.model.embedding_dim)
 
@@ -173,16 +175,34 @@ def check_unseen_speakers(
 
 
 def load_pretrained_embedder(
-    model: torch.nn.Module, path: Path, oof_speakers: set[str] | None = None, allow: bool = False
-) -> None:
+    model: torch.nn.Module,
+    path: Path,
+    oof_speakers: set[str] | None = None,
+    allow: bool = False,
+    modules: TrainingModule | None = None,
+    speakers: list[str] | None = None,
+) -> bool:
     """Initialise an embedder from a ``best.pt``/``last.pt`` of an earlier run (fine-tuning).
 
-    The speaker head is not loaded: the new data has other speakers. With ``oof_speakers``,
+    The speaker head is loaded only when the checkpoint was trained on exactly ``speakers`` (in
+    that order) and ``modules`` is given: a second phase on the same fold (large-margin
+    fine-tuning) keeps its class centres; new data has other speakers. With ``oof_speakers``,
     a checkpoint that saw any of them is refused (see :func:`check_unseen_speakers`).
+    Returns whether the heads were loaded too.
     """
     state = load_checkpoint(path)
     if oof_speakers is not None:
         check_unseen_speakers(state, path, oof_speakers, allow)
+    if (
+        modules is not None
+        and speakers is not None
+        and "heads" in state
+        and list(map(str, state.get("speakers", []))) == list(map(str, speakers))
+    ):
+        load_heads(modules, state["heads"], path)
+        heads_loaded = True
+    else:
+        heads_loaded = False
     weights = state["model"] if "model" in state else state["modules"]
     weights = {
         k.removeprefix("model."): v
@@ -196,19 +216,52 @@ def load_pretrained_embedder(
             f"init_checkpoint {path} does not fit this model config (the model, features and "
             f"embedding settings must match the run that wrote it): {str(err)[:300]}"
         ) from None
+    return heads_loaded
+
+
+def load_heads(modules: TrainingModule, heads: dict[str, Any], path: Path) -> None:
+    """The margin (and gender) head of a checkpoint trained on the same speakers."""
+    try:
+        modules.head.load_state_dict(heads["head"])
+        if modules.gender is not None and "gender" in heads:
+            modules.gender.load_state_dict(heads["gender"])
+    except RuntimeError as err:
+        raise RuntimeError(f"the heads in {path} do not fit this head config: {err}") from None
+    log.info("continuing with the speaker head of %s (same training speakers)", path)
 
 
 def build_training_objects(
-    cfg: ExperimentConfig, n_speakers: int, device: torch.device, fold: int, oof_speakers: set[str]
+    cfg: ExperimentConfig,
+    speakers: list[str],
+    device: torch.device,
+    fold: int,
+    oof_speakers: set[str],
 ):
-    """Training module (optionally initialised from a checkpoint) and its optimiser."""
-    modules = TrainingModule(cfg, n_speakers)
+    """Training module (optionally initialised from pretrained weights or a checkpoint), its
+    optimiser with two parameter groups (embedder, heads), and whether the embedder starts
+    pretrained (then ``train.pretrained_lr_scale`` and ``train.freeze_epochs`` apply to it)."""
+    modules = TrainingModule(cfg, len(speakers))
+    pretrained = has_pretrained_weights(cfg.model)
     start = init_checkpoint_path(cfg, fold)
     if start is not None:
-        load_pretrained_embedder(modules.model, start, oof_speakers, cfg.train.allow_seen_speakers)
+        load_pretrained_embedder(
+            modules.model, start, oof_speakers, cfg.train.allow_seen_speakers, modules, speakers
+        )
+        pretrained = True
         log.info("fine-tuning from %s", start)
+    elif pretrained:
+        log.info("fine-tuning from the pretrained %s weights", cfg.model.architecture)
+    if not pretrained and (cfg.train.freeze_epochs or cfg.train.pretrained_lr_scale != 1):
+        log.warning(
+            "train.freeze_epochs / train.pretrained_lr_scale apply to pretrained layers only; "
+            "this model starts from random weights, so they are ignored"
+        )
     modules.to(device)
-    params = modules.parameters()
+    heads = [p for name, p in modules.named_parameters() if not name.startswith("model.")]
+    params = [
+        {"params": list(modules.model.parameters()), "name": "embedder"},
+        {"params": heads, "name": "heads"},
+    ]
     if cfg.train.optimizer == "sgd":
         optimiser = torch.optim.SGD(
             params,
@@ -219,7 +272,7 @@ def build_training_objects(
         )
     else:
         optimiser = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    return modules, optimiser
+    return modules, optimiser, pretrained
 
 
 def train_stage(
@@ -255,10 +308,12 @@ def train_stage(
     # every rank takes the same number of steps (a DDP requirement); batches are drawn by
     # global step number, so ranks never share a batch
     steps = -(-steps_per_epoch(cfg.train, len(data.ids)) // ctx.world_size)
-    modules, optimiser = build_training_objects(
-        cfg, len(data.speakers), device, fold, split.oof_speakers
+    modules, optimiser, pretrained = build_training_objects(
+        cfg, data.speakers, device, fold, split.oof_speakers
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule_for(cfg.train, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, group_schedules(cfg.train, steps, pretrained)
+    )
     use_amp = cfg.train.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     trainable = modules
@@ -403,6 +458,10 @@ def best_checkpoint(
     }
     if modules.gender is not None:
         best["gender"] = modules.gender.state_dict()
+    # the last epoch's heads: a second phase on the same speakers (large-margin) continues them
+    best["heads"] = {"head": modules.head.state_dict()} | (
+        {"gender": modules.gender.state_dict()} if modules.gender is not None else {}
+    )
     return best
 
 

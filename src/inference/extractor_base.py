@@ -1,0 +1,45 @@
+"""The extractor interface: anything that turns a batch of 16 kHz waveforms into unit vectors."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+
+class EmbeddingExtractor(ABC):
+    """Maps waveforms ``(batch, samples)`` at 16 kHz to unit vectors ``(batch, dim)``."""
+
+    dim: int
+    fingerprint: str  # changes whenever the model's weights or settings change
+
+    @abstractmethod
+    def embed(self, waves: np.ndarray) -> np.ndarray:
+        """Unit-length embeddings of equal-length waveforms, float32 ``(batch, dim)``."""
+
+
+class ModuleExtractor(EmbeddingExtractor):
+    """Wraps a torch embedder module (in eval mode) as an extractor.
+
+    ``fold_independent``: the same model serves every fold (frozen pretrained weights), so its
+    clip embeddings are computed once and shared.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        dim: int,
+        fingerprint: str,
+        fold_independent: bool = False,
+    ):
+        self.model, self.device, self.dim, self.fingerprint = model, device, dim, fingerprint
+        self.fold_independent = fold_independent
+
+    @torch.inference_mode()
+    def embed(self, waves: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            vectors = self.model(batch).float()  # (batch, dim)
+        return torch.nn.functional.normalize(vectors, dim=1).cpu().numpy()

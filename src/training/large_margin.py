@@ -1,0 +1,44 @@
+"""Large-margin fine-tuning: a short second phase per fold, written as its own experiment.
+
+With ``train.large_margin.enabled``, every fold of a trained run gets a few more epochs from
+its ``best.pt`` with longer crops (3-4 s), a larger margin at once (no warm-up) and a small
+learning rate, as in the VoxSRC-20 winners' recipe. The speaker head continues from the first
+phase (same fold, same speakers). The result is the run ``<run>_lmft`` with its own
+checkpoints, embeddings, OOF scores and figures; the stack takes both runs by default.
+"""
+
+from __future__ import annotations
+
+from src.config import ExperimentConfig, config_from_dict
+
+SUFFIX = "_lmft"
+
+
+def large_margin_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The config of the large-margin phase that follows the run of ``cfg``."""
+    phase = cfg.train.large_margin
+    raw = cfg.model_dump(mode="json")
+    raw["experiment"] = cfg.experiment + SUFFIX
+    raw["run"] = cfg.run_name + SUFFIX
+    raw["model"] |= {"pretrained": False, "weights": None, "weights_sha256": None}
+    raw["head"] |= {"margin": phase.margin, "margin_warmup_epochs": 0}
+    raw["train"] |= {
+        "init_checkpoint": str(cfg.experiment_dir / "fold{fold}" / "best.pt"),
+        "epochs": phase.epochs,
+        "crop_seconds": list(phase.crop_seconds),
+        "lr": phase.lr,
+        "warmup_epochs": 0.0,
+        "freeze_epochs": 0.0,
+        "pretrained_lr_scale": 1.0,
+        "average_last": min(cfg.train.average_last, phase.epochs),
+        "batch_size": phase.batch_size or cfg.train.batch_size,
+        "large_margin": {**raw["train"]["large_margin"], "enabled": False},
+    }
+    return config_from_dict(raw)
+
+
+def first_level_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """The runs a first-level stage works on: the config's own, then its large-margin phase."""
+    if cfg.train.large_margin.enabled and cfg.extractor.kind == "cnn":
+        return [cfg, large_margin_config(cfg)]
+    return [cfg]

@@ -1,0 +1,83 @@
+"""Fine-tuning pretrained encoders per fold, and the large-margin phase."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.inference.resemblyzer_backend import resemblyzer_available
+from src.training.checkpoint import load_checkpoint
+from src.training.schedule import group_schedules
+from src.training.train import train_stage
+from tests.conftest import prepare_tiny
+
+GE2E = ("model.architecture=ge2e", "model.pretrained=true", "model.embedding_dim=256")
+SHORT = ("train.steps_per_epoch=2", "train.batch_size=8", "train.average_last=1")
+
+
+def test_pretrained_layers_get_a_scaled_rate_and_wait_while_frozen(tmp_path: Path) -> None:
+    cfg = prepare_tiny(tmp_path, "train.freeze_epochs=1", "train.pretrained_lr_scale=0.1")
+    embedder, heads = group_schedules(cfg.train, steps_per_epoch=10, pretrained=True)
+    assert [embedder(s) for s in range(10)] == [0.0] * 10
+    assert embedder(15) == pytest.approx(0.1 * heads(15))
+    same = group_schedules(cfg.train, steps_per_epoch=10, pretrained=False)
+    assert same[0](3) == same[1](3) > 0  # random weights: one rate, nothing frozen
+
+
+@pytest.mark.skipif(not resemblyzer_available(), reason="optional resemblyzer extra not installed")
+def test_ge2e_fine_tunes_per_fold_from_the_pretrained_weights(tmp_path: Path) -> None:
+    """Frozen for the whole first epoch, GE2E's weights are still the pretrained ones; unfrozen, they move; the fold model then embeds like any trained one."""
+    from src.inference.embed import embed_stage, load_embeddings
+    from src.model_zoo.ge2e import GE2EEncoder, load_ge2e_weights
+
+    cfg = prepare_tiny(tmp_path, *GE2E, *SHORT, "train.epochs=1", "train.freeze_epochs=1")
+    pretrained = GE2EEncoder()
+    load_ge2e_weights(pretrained)
+    best = load_checkpoint(train_stage(cfg, 0))
+    for name, value in pretrained.state_dict().items():
+        torch.testing.assert_close(best["model"][name], value)
+    assert best["heads"]["head"]["classifier.weight"].shape == (4, 256)  # 4 training speakers
+
+    tuned = cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(
+                update={"epochs": 2, "freeze_epochs": 0.5, "pretrained_lr_scale": 0.5}
+            )
+        }
+    )
+    moved = load_checkpoint(train_stage(tuned, 0))["model"]
+    assert not torch.allclose(moved["lstm.weight_hh_l0"], pretrained.lstm.weight_hh_l0)
+    embeddings = load_embeddings(embed_stage(tuned, 0))
+    assert embeddings["vectors"].shape[1] == 256
+    np.testing.assert_allclose(np.linalg.norm(embeddings["vectors"], axis=1), 1.0, atol=1e-5)
+
+
+def test_large_margin_phase_is_its_own_run(tmp_path: Path, caplog) -> None:
+    from src.cli import call_stage
+
+    cfg = prepare_tiny(
+        tmp_path,
+        *SHORT,
+        "train.epochs=1",
+        "train.large_margin.enabled=true",
+        "train.large_margin.epochs=1",
+        "train.large_margin.crop_seconds=[1.5,2.0]",
+    )
+    assert cfg.stacked_runs == [cfg.run_name, cfg.run_name + "_lmft"]
+    with caplog.at_level(logging.INFO):
+        call_stage("train", cfg, fold=0)
+    assert "continuing with the speaker head" in caplog.text
+    base = load_checkpoint(cfg.fold_dir(0) / "best.pt")
+    phase_dir = cfg.paths.outputs / (cfg.run_name + "_lmft") / "fold0"
+    phase = load_checkpoint(phase_dir / "best.pt")
+    assert phase["config"]["head"]["margin"] == 0.5
+    assert phase["config"]["head"]["margin_warmup_epochs"] == 0
+    assert phase["config"]["train"]["crop_seconds"] == [1.5, 2.0]
+    assert phase["speakers"] == base["speakers"]
+    assert not torch.equal(
+        phase["model"]["embedding.0.weight"], base["model"]["embedding.0.weight"]
+    )
