@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"paths.input={args.data}"] if args.data else []
     configs = [load_config(c, [*extra, *args.overrides]) for c in args.config]
     if not any(o.startswith("stack.experiments=") for o in args.overrides):
-        names = [c.run_name for c in configs]
+        names = list(dict.fromkeys(run for c in configs for run in c.stacked_runs))
         configs[0] = configs[0].model_copy(
             update={"stack": configs[0].stack.model_copy(update={"experiments": names})}
         )

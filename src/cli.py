@@ -46,6 +46,7 @@ STAGES: dict[str, str] = {
     "submit": "src.stacking.submit:submit_stage",
     "report": "src.report.report:report_stage",
     "serve": "src.serve.app:serve_stage",
+    "pretrain": "src.training.pretrain:pretrain_stage",
 }
 PER_FOLD = {"train", "embed"}
 TOOLS = ("run", "leaderboard", "demo", "show-config")

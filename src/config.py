@@ -54,6 +54,11 @@ class PathsConfig(Section):
 class DataConfig(Section):
     demo: bool = Field(False, description="generate the demo data set when the input is empty")
     sample_rate: int = Field(16000, gt=0)
+    layout: Literal["zalo", "speaker_folders"] = Field(
+        "zalo",
+        description="training folders: <id>-<gender>-<age>/*.wav (zalo), or any folder per "
+        "speaker with audio anywhere below it (speaker_folders: VoxCeleb's id*/video/*.wav)",
+    )
     train_dir: str = "train"
     test_dir: str = "public-test"
     test_csv: str = "public-test.csv"

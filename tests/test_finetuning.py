@@ -30,7 +30,8 @@ def test_pretrained_layers_get_a_scaled_rate_and_wait_while_frozen(tmp_path: Pat
 
 @pytest.mark.skipif(not resemblyzer_available(), reason="optional resemblyzer extra not installed")
 def test_ge2e_fine_tunes_per_fold_from_the_pretrained_weights(tmp_path: Path) -> None:
-    """Frozen for the whole first epoch, GE2E's weights are still the pretrained ones; unfrozen, they move; the fold model then embeds like any trained one."""
+    """Frozen for the whole first epoch, GE2E's weights are still the pretrained ones;
+    unfrozen, they move; the fold model then embeds like any trained one."""
     from src.inference.embed import embed_stage, load_embeddings
     from src.model_zoo.ge2e import GE2EEncoder, load_ge2e_weights
 

@@ -260,3 +260,32 @@ def test_ge2e_refuses_settings_it_cannot_take() -> None:
     cfg = load_config(None, ["model.architecture=ge2e", "model.embedding_dim=128"])
     with pytest.raises(ValueError, match="model.embedding_dim=256"):
         build_embedder(cfg.features, cfg.model, cfg.data.sample_rate)
+
+
+def test_onnx_experiment_flows_through_scoring_and_serving(onnx_model, tmp_path: Path) -> None:
+    """An ONNX first level gives the usual OOF/test score files, and the API serves it."""
+    import pandas as pd
+
+    from src.inference.embed import embed_stage
+    from src.inference.score import score_stage
+    from src.serve.model import VerificationModel
+    from tests.conftest import prepare_tiny
+
+    cfg = prepare_tiny(
+        tmp_path,
+        "extractor.kind=onnx",
+        f"extractor.path={onnx_model[0]}",
+        "extractor.dim=64",
+        "extractor.threads=1",
+        "model.embedding_dim=64",
+        "features.frontend=kaldi_fbank",
+        "score.asnorm_top_k=3",
+    )
+    for fold in range(cfg.folds.n_folds):
+        embed_stage(cfg, fold)
+    score_stage(cfg)
+    oof = pd.read_csv(cfg.experiment_dir / "oof_scores.csv")
+    assert {"cosine", "asnorm"} <= set(oof.columns) and oof["asnorm"].notna().all()
+    served = VerificationModel.load(cfg)
+    score = served.score(speech_like(1.5, seed=1), speech_like(1.2, seed=2))
+    assert np.isfinite(score)

@@ -5,6 +5,10 @@ Layout::
     root/train/<id>-<gender>-<age>/*.wav     gender M or F, age a number or NA
     root/public-test/*.wav                   random names
     root/public-test.csv                     audio_1,audio_2
+
+With ``data.layout: speaker_folders`` (an external corpus for pretraining, e.g. VoxCeleb's
+``wav/id10001/<video>/00001.wav``) every sub-folder of the training folder is one speaker of
+unknown gender and age, and its audio files are found at any depth.
 """
 
 from __future__ import annotations
@@ -62,11 +66,13 @@ def _shown(path: Path) -> str:
 
 
 def _audio_files(
-    folder: Path, split: str, cfg: DataConfig, skipped: list[SkippedFile]
+    folder: Path, split: str, cfg: DataConfig, skipped: list[SkippedFile], recursive: bool = False
 ) -> list[Path]:
-    """Sorted audio files of a folder; everything else is reported as skipped."""
+    """Sorted audio files of a folder (and, ``recursive``, its sub-folders); everything else is
+    reported as skipped."""
     files = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    for path in sorted(p for p in candidates if p.is_file()):
         if not _utf8_name(path):
             skipped.append(SkippedFile(_shown(path), split, "file name is not valid UTF-8"))
         elif path.suffix.lower() not in cfg.extensions:
@@ -82,6 +88,8 @@ def scan_train(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[
     train_dir = root / cfg.train_dir
     if not train_dir.is_dir():
         raise DataLayoutError(f"no training folder {train_dir}")
+    if cfg.layout == "speaker_folders":
+        return _scan_speaker_folders(root, train_dir, cfg, skipped)
     found = []
     for folder in sorted(p for p in train_dir.iterdir() if p.is_dir()):
         match = SPEAKER_DIR.match(folder.name)
@@ -105,6 +113,27 @@ def scan_train(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[
                 )
             )
     return found
+
+
+def _scan_speaker_folders(
+    root: Path, train_dir: Path, cfg: DataConfig, skipped: list[SkippedFile]
+) -> list[SourceFile]:
+    """One speaker per sub-folder of ``train_dir`` (any name), audio at any depth below it."""
+    for stray in sorted(p for p in train_dir.iterdir() if p.is_file()):
+        skipped.append(SkippedFile(_shown(stray), "train", "file outside any speaker folder"))
+    return [
+        SourceFile(
+            id=path.relative_to(root).as_posix(),
+            name=path.name,
+            path=str(path),
+            split="train",
+            speaker=folder.name,
+            gender="NA",
+            age="NA",
+        )
+        for folder in sorted(p for p in train_dir.iterdir() if p.is_dir())
+        for path in _audio_files(folder, "train", cfg, skipped, recursive=True)
+    ]
 
 
 def scan_test(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[SourceFile]:

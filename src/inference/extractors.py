@@ -45,11 +45,13 @@ MODEL_KEYS_IGNORED = {
 def model_mismatches(saved: dict, cfg: ExperimentConfig) -> list[str]:
     """``key: saved -> configured`` for each model setting where checkpoint and config differ."""
     wanted = cfg.model_dump(mode="json")
+    defaults = ExperimentConfig().model_dump(mode="json")
     problems = []
     for section in MODEL_SECTIONS:
         for key, value in wanted[section].items():
             name = f"{section}.{key}"
-            old = saved.get(section, {}).get(key)
+            # a key newer than the checkpoint: it was trained as the key's default does
+            old = saved.get(section, {}).get(key, defaults[section][key])
             if name not in MODEL_KEYS_IGNORED and old != value:
                 problems.append(f"{name}: {old!r} -> {value!r}")
     if saved.get("data", {}).get("sample_rate") != cfg.data.sample_rate:

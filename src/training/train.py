@@ -53,11 +53,19 @@ log = logging.getLogger(__name__)
 TRAINING_SECTIONS = ("seed", "data", "folds", "features", "augment", "model", "head", "train")
 
 
-def training_fingerprint(cfg: ExperimentConfig) -> str:
-    """What a trained model depends on: the training config sections and the data files."""
+def training_fingerprint(cfg: ExperimentConfig, fold: int | None = None) -> str:
+    """What a trained model depends on: the training config sections, the data files and the
+    starting checkpoint's content (``fold`` picks it when its path has ``{fold}``).
+
+    ``train.large_margin`` is left out: it configures a later phase, not this model.
+    """
     dumped = cfg.model_dump(mode="json")
-    inputs = files_fingerprint([cfg.paths.prep_dir / "manifest.csv", cfg.folds_dir / "folds.csv"])
-    return fingerprint({k: dumped[k] for k in TRAINING_SECTIONS}, inputs)
+    dumped["train"].pop("large_margin")
+    files = [cfg.paths.prep_dir / "manifest.csv", cfg.folds_dir / "folds.csv"]
+    start = init_checkpoint_path(cfg, 0 if fold is None else fold)
+    if start is not None:
+        files.append(start)
+    return fingerprint({k: dumped[k] for k in TRAINING_SECTIONS}, files_fingerprint(files))
 
 
 @dataclass(frozen=True)
@@ -276,16 +284,23 @@ def build_training_objects(
 
 
 def train_stage(
-    cfg: ExperimentConfig, fold: int, resume: bool = False, force: bool = False
+    cfg: ExperimentConfig,
+    fold: int,
+    resume: bool = False,
+    force: bool = False,
+    split: FoldTrainingData | None = None,
 ) -> Path:
-    """Train fold ``fold``; returns the path of its best checkpoint."""
+    """Train fold ``fold``; returns the path of its best checkpoint.
+
+    ``split`` replaces the fold's own data (pretraining on a whole external corpus).
+    """
     out = cfg.fold_dir(fold)
     if cfg.extractor.kind != "cnn":
         log.info(
             "train fold %d: extractor %r is pretrained, nothing to train", fold, cfg.extractor.kind
         )
         return out / "best.pt"
-    stamp = training_fingerprint(cfg)
+    stamp = training_fingerprint(cfg, fold)
     if not force and not resume and is_fresh(out, "train", stamp, [out / "best.pt"]):
         log.info("train fold %d: unchanged, reusing %s", fold, out / "best.pt")
         return out / "best.pt"
@@ -297,7 +312,7 @@ def train_stage(
         device = torch.device("cuda", ctx.local_rank)
     seed_everything(cfg.seed + fold)
 
-    split = fold_training_data(cfg, fold)
+    split = split if split is not None else fold_training_data(cfg, fold)
     cache = AudioCache(cfg.paths.prep_dir)
     data = TrainingSet.from_files(split.train_files)
     validation = None
