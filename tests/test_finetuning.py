@@ -31,9 +31,11 @@ def test_pretrained_layers_get_a_scaled_rate_and_wait_while_frozen(tmp_path: Pat
 @pytest.mark.skipif(not resemblyzer_available(), reason="optional resemblyzer extra not installed")
 def test_ge2e_fine_tunes_per_fold_from_the_pretrained_weights(tmp_path: Path) -> None:
     """Frozen for the whole first epoch, GE2E's weights are still the pretrained ones;
-    unfrozen, they move; the fold model then embeds like any trained one."""
+    unfrozen, they move; the fold models then embed, score and serve like any trained ones."""
     from src.inference.embed import embed_stage, load_embeddings
+    from src.inference.score import score_stage
     from src.model_zoo.ge2e import GE2EEncoder, load_ge2e_weights
+    from src.serve.model import VerificationModel
 
     cfg = prepare_tiny(tmp_path, *GE2E, *SHORT, "train.epochs=1", "train.freeze_epochs=1")
     pretrained = GE2EEncoder()
@@ -55,6 +57,15 @@ def test_ge2e_fine_tunes_per_fold_from_the_pretrained_weights(tmp_path: Path) ->
     embeddings = load_embeddings(embed_stage(tuned, 0))
     assert embeddings["vectors"].shape[1] == 256
     np.testing.assert_allclose(np.linalg.norm(embeddings["vectors"], axis=1), 1.0, atol=1e-5)
+
+    # the other fold too, then scores and the API, as for any trained experiment
+    train_stage(tuned, 1)
+    embed_stage(tuned, 1)
+    score_stage(tuned)
+    served = VerificationModel.load(tuned)
+    rng = np.random.default_rng(0)
+    clip = (0.1 * rng.standard_normal(24000)).astype(np.float32)
+    assert np.isfinite(served.score(clip, clip[::-1].copy()))
 
 
 def test_large_margin_phase_is_its_own_run(tmp_path: Path, caplog) -> None:

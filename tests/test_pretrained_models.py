@@ -262,8 +262,12 @@ def test_ge2e_refuses_settings_it_cannot_take() -> None:
         build_embedder(cfg.features, cfg.model, cfg.data.sample_rate)
 
 
-def test_onnx_experiment_flows_through_scoring_and_serving(onnx_model, tmp_path: Path) -> None:
-    """An ONNX first level gives the usual OOF/test score files, and the API serves it."""
+@pytest.mark.parametrize("kind", ["onnx", "pretrained"])
+def test_frozen_experiment_flows_through_scoring_and_serving(
+    onnx_model, tmp_path: Path, kind: str
+) -> None:
+    """An ONNX or frozen WeSpeaker first level gives the usual OOF/test score files, and the
+    API serves it."""
     import pandas as pd
 
     from src.inference.embed import embed_stage
@@ -271,12 +275,21 @@ def test_onnx_experiment_flows_through_scoring_and_serving(onnx_model, tmp_path:
     from src.serve.model import VerificationModel
     from tests.conftest import prepare_tiny
 
+    path, encoder = onnx_model
+    weights = tmp_path / "small_resnet18.pt"
+    torch.save(encoder.state_dict(), weights)
+    settings = {
+        "onnx": [f"extractor.path={path}", "extractor.dim=64", "extractor.threads=1"],
+        "pretrained": [
+            "model.architecture=wespeaker_resnet18",
+            "model.wespeaker_channels=8",
+            f"model.weights={weights}",
+        ],
+    }[kind]
     cfg = prepare_tiny(
         tmp_path,
-        "extractor.kind=onnx",
-        f"extractor.path={onnx_model[0]}",
-        "extractor.dim=64",
-        "extractor.threads=1",
+        f"extractor.kind={kind}",
+        *settings,
         "model.embedding_dim=64",
         "features.frontend=kaldi_fbank",
         "score.asnorm_top_k=3",

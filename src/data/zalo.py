@@ -100,19 +100,24 @@ def scan_train(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[
             )
             log.warning("skipping %s", reason)
             continue
-        for path in _audio_files(folder, "train", cfg, skipped):
-            found.append(
-                SourceFile(
-                    id=path.relative_to(root).as_posix(),
-                    name=path.name,
-                    path=str(path),
-                    split="train",
-                    speaker=match["speaker"],
-                    gender=match["gender"].upper() if match["gender"] != "NA" else "NA",
-                    age=match["age"],
-                )
-            )
+        gender = match["gender"].upper() if match["gender"] != "NA" else "NA"
+        found.extend(
+            _source(root, path, "train", match["speaker"], gender, match["age"])
+            for path in _audio_files(folder, "train", cfg, skipped)
+        )
     return found
+
+
+def _source(root: Path, path: Path, split: str, speaker: str, gender: str, age: str) -> SourceFile:
+    return SourceFile(
+        id=path.relative_to(root).as_posix(),
+        name=path.name,
+        path=str(path),
+        split=split,
+        speaker=speaker,
+        gender=gender,
+        age=age,
+    )
 
 
 def _scan_speaker_folders(
@@ -122,15 +127,7 @@ def _scan_speaker_folders(
     for stray in sorted(p for p in train_dir.iterdir() if p.is_file()):
         skipped.append(SkippedFile(_shown(stray), "train", "file outside any speaker folder"))
     return [
-        SourceFile(
-            id=path.relative_to(root).as_posix(),
-            name=path.name,
-            path=str(path),
-            split="train",
-            speaker=folder.name,
-            gender="NA",
-            age="NA",
-        )
+        _source(root, path, "train", folder.name, "NA", "NA")
         for folder in sorted(p for p in train_dir.iterdir() if p.is_dir())
         for path in _audio_files(folder, "train", cfg, skipped, recursive=True)
     ]
@@ -142,15 +139,7 @@ def scan_test(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[S
         log.warning("no test folder %s: only training data will be prepared", test_dir)
         return []
     return [
-        SourceFile(
-            id=path.relative_to(root).as_posix(),
-            name=path.name,
-            path=str(path),
-            split="test",
-            speaker="",
-            gender="",
-            age="",
-        )
+        _source(root, path, "test", "", "", "")
         for path in _audio_files(test_dir, "test", cfg, skipped)
     ]
 

@@ -154,8 +154,8 @@ def write_gender_predictions(
     """``fold{k}/gender.csv`` (id, role, p_male) when the fold model has a gender head."""
     path = cfg.fold_dir(fold) / "gender.csv"
     path.unlink(missing_ok=True)  # never leave predictions of an earlier model
-    if not isinstance(extractor, ModuleExtractor):
-        return
+    if not isinstance(extractor, ModuleExtractor) or extractor.fold_independent:
+        return  # only a model trained per fold can have a gender head
     head = load_gender_head(cfg.fold_dir(fold) / "best.pt", extractor.dim)
     if head is None:
         return

@@ -147,7 +147,7 @@ def build_embedder(
                 "model.architecture=ge2e needs data.sample_rate=16000 and model.embedding_dim="
                 f"{GE2E_DIM}; got {sample_rate} and {model_cfg.embedding_dim}"
             )
-        return GE2EEncoder()
+        return GE2EEncoder(specaugment=SpecAugment(features_cfg.specaugment))
     front_end = build_front_end(features_cfg, sample_rate)
     specaugment = SpecAugment(features_cfg.specaugment)
     if architecture.startswith("wespeaker_resnet"):

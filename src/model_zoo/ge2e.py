@@ -12,8 +12,10 @@ here in torch, batched, so that the model fine-tuned per fold and the frozen ext
 4. a 3-layer LSTM (256 units), the last layer's final hidden state, Linear 256, ReLU, L2 norm per
    partial; the utterance embedding is the mean of its partials.
 
-Resemblyzer's long-silence trimming (webrtcvad) is not part of the model: it changes the
-length of the input and has no gradient. The parameters are named as in Resemblyzer's
+In training mode, SpecAugment masks (``features.specaugment``) zero bands and frames of each
+partial's power mel (zero power: silence, GE2E's input is not logarithmic); in eval mode the
+model is exactly Resemblyzer's. Resemblyzer's long-silence trimming (webrtcvad) is not part of
+the model: it changes the length of the input and has no gradient. The parameters are named as in Resemblyzer's
 ``pretrained.pt`` (``lstm.*``, ``linear.*``), which ``load_ge2e_weights`` loads strictly.
 
 Example
@@ -93,11 +95,14 @@ class GE2EEncoder(nn.Module):
     ----------
     volume_norm : bool
         Raise quiet inputs to -30 dBFS first (Resemblyzer's preprocessing); louder ones are kept.
+    specaugment : nn.Module, optional
+        Masks ``(batch, 40, frames)`` in training mode (a ``SpecAugment``); none by default.
     """
 
-    def __init__(self, volume_norm: bool = True) -> None:
+    def __init__(self, volume_norm: bool = True, specaugment: nn.Module | None = None) -> None:
         super().__init__()
         self.volume_norm = volume_norm
+        self.specaugment = specaugment if specaugment is not None else nn.Identity()
         self.lstm = nn.LSTM(N_MELS, HIDDEN, LAYERS, batch_first=True)
         self.linear = nn.Linear(HIDDEN, EMBEDDING_DIM)
         filters = torch.from_numpy(slaney_filterbank(N_MELS, N_FFT, SAMPLE_RATE))
@@ -133,8 +138,9 @@ class GE2EEncoder(nn.Module):
         partials = self.mel_partials(waveform)
         batch, count = partials.shape[:2]
         dtype = self.linear.weight.dtype
-        frames = partials.reshape(batch * count, PARTIAL_FRAMES, N_MELS).to(dtype)
-        _, (hidden, _) = self.lstm(frames)
+        frames = partials.reshape(batch * count, PARTIAL_FRAMES, N_MELS)
+        frames = self.specaugment(frames.transpose(1, 2)).transpose(1, 2)  # training only
+        _, (hidden, _) = self.lstm(frames.to(dtype))
         embeddings = F.relu(self.linear(hidden[-1]))  # (batch * partials, 256)
         embeddings = F.normalize(embeddings.float(), dim=1, eps=1e-12)
         return embeddings.reshape(batch, count, EMBEDDING_DIM).mean(dim=1)
