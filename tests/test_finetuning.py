@@ -93,3 +93,20 @@ def test_large_margin_phase_is_its_own_run(tmp_path: Path, caplog) -> None:
     assert not torch.equal(
         phase["model"]["embedding.0.weight"], base["model"]["embedding.0.weight"]
     )
+
+
+def test_training_fingerprint_ignores_defaults_and_the_later_phase(tmp_path: Path) -> None:
+    """Keys at their default (e.g. ones a newer release added) and the large-margin phase's
+    settings do not retrain finished folds; a real change does."""
+    from src.config import load_config
+    from src.training.train import training_fingerprint
+
+    cfg = load_config(None, [f"paths.outputs={tmp_path}"])
+    same = load_config(
+        None,
+        [f"paths.outputs={tmp_path}", "features.kaldi.window=hamming", "data.layout=zalo",
+         "train.large_margin.enabled=true", "train.large_margin.margin=0.6"],
+    )  # fmt: skip
+    other = load_config(None, [f"paths.outputs={tmp_path}", "train.lr=0.001"])
+    assert training_fingerprint(cfg) == training_fingerprint(same)
+    assert training_fingerprint(cfg) != training_fingerprint(other)

@@ -15,8 +15,9 @@ here in torch, batched, so that the model fine-tuned per fold and the frozen ext
 In training mode, SpecAugment masks (``features.specaugment``) zero bands and frames of each
 partial's power mel (zero power: silence, GE2E's input is not logarithmic); in eval mode the
 model is exactly Resemblyzer's. Resemblyzer's long-silence trimming (webrtcvad) is not part of
-the model: it changes the length of the input and has no gradient. The parameters are named as in Resemblyzer's
-``pretrained.pt`` (``lstm.*``, ``linear.*``), which ``load_ge2e_weights`` loads strictly.
+the model: it changes the length of the input and has no gradient. The parameters are named as
+in Resemblyzer's ``pretrained.pt`` (``lstm.*``, ``linear.*``), which ``load_ge2e_weights``
+loads strictly.
 
 Example
 -------

@@ -23,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from src.config import ExperimentConfig, config_to_yaml
+from src.config import ExperimentConfig, config_to_yaml, flatten_settings
 from src.data.cache import AudioCache, read_manifest
 from src.data.folds import split_by_fold
 from src.features.augment import build_waveform_augment
@@ -57,15 +57,22 @@ def training_fingerprint(cfg: ExperimentConfig, fold: int | None = None) -> str:
     """What a trained model depends on: the training config sections, the data files and the
     starting checkpoint's content (``fold`` picks it when its path has ``{fold}``).
 
-    ``train.large_margin`` is left out: it configures a later phase, not this model.
+    Settings at their default value are left out, so that a release adding a config key (whose
+    default keeps the old behaviour) does not retrain finished folds. ``train.large_margin`` is
+    left out too: it configures a later phase, not this model.
     """
     dumped = cfg.model_dump(mode="json")
-    dumped["train"].pop("large_margin")
+    defaults = flatten_settings(ExperimentConfig().model_dump(mode="json"))
+    settings = {
+        key: value
+        for key, value in flatten_settings({k: dumped[k] for k in TRAINING_SECTIONS}).items()
+        if value != defaults.get(key, object()) and not key.startswith("train.large_margin.")
+    }
     files = [cfg.paths.prep_dir / "manifest.csv", cfg.folds_dir / "folds.csv"]
     start = init_checkpoint_path(cfg, 0 if fold is None else fold)
     if start is not None:
         files.append(start)
-    return fingerprint({k: dumped[k] for k in TRAINING_SECTIONS}, files_fingerprint(files))
+    return fingerprint(settings, files_fingerprint(files))
 
 
 @dataclass(frozen=True)
