@@ -34,9 +34,9 @@ import torch
 from src.config import load_config
 from src.serve.app import BackgroundServer, create_app
 from src.serve.model import VerificationModel
-from src.serve.synthetic import write_untrained_experiment
 from src.util.io import write_json
 from src.util.logs import setup_logging
+from tests.fixtures.untrained_experiment import write_untrained_experiment
 
 log = logging.getLogger("bench.serve_latency")
 

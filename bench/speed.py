@@ -130,7 +130,7 @@ def bench_scoring(repeats: int, n_pairs: int = 50000) -> dict:
 
 
 def bench_stacking(n_pairs: int = 50000) -> list[dict]:
-    from src.stacking.synthetic import benchmark
+    from tests.fixtures.stack_inputs import benchmark
 
     with tempfile.TemporaryDirectory() as tmp:
         timings = benchmark(Path(tmp), n_test_pairs=n_pairs)

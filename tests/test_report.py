@@ -9,7 +9,7 @@ import pandas as pd
 
 from src.report.report import duration_answer, duration_bin, gender_pairing, report_stage
 from src.stacking.stack import stack_stage
-from src.stacking.synthetic import write_synthetic_inputs
+from tests.fixtures.stack_inputs import write_synthetic_inputs
 
 
 def synthetic(tmp_path, **kwargs):

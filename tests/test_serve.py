@@ -24,8 +24,8 @@ from src.inference.score import score_pairs
 from src.serve import model as model_module
 from src.serve.app import BackgroundServer, create_app
 from src.serve.model import VerificationModel, WaveformClips, as_cached, decision_threshold
-from src.serve.synthetic import write_untrained_experiment
 from src.serve.uploads import decode_upload
+from tests.fixtures.untrained_experiment import write_untrained_experiment
 
 RATE = 16000
 TINY = [

@@ -21,7 +21,7 @@ from src.stacking.features import (
 from src.stacking.inputs import StageInputError
 from src.stacking.models import fit_pair_model
 from src.stacking.stack import combine, cross_fit, plan_folds, run_stack, stack_stage
-from src.stacking.synthetic import write_synthetic_inputs
+from tests.fixtures.stack_inputs import write_synthetic_inputs
 
 
 def small_inputs(tmp_path, **kwargs):

@@ -60,24 +60,30 @@ def similarity(vectors: np.ndarray) -> np.ndarray:
 
 
 class RankIndex:
-    """Every row of a similarity matrix sorted once, so the rank of any entry is one lookup.
-
-    Rows are laid end to end, row ``i`` shifted by ``4 i`` (similarities lie in [-2, 1]), so
-    one ``searchsorted`` over the flat array answers all pairs at once.
-    """
+    """Every row of a similarity matrix sorted once (float32: numpy's vectorised sort), so the
+    rank of any entry is one binary search in its row; pairs are grouped by row."""
 
     def __init__(self, sims: np.ndarray) -> None:
-        n = sims.shape[0]
-        rows = np.sort(np.where(np.isfinite(sims), sims, -2.0).astype(np.float64), axis=1)
-        self.n = n
-        self.flat = (rows + 4.0 * np.arange(n)[:, None]).ravel()
+        self.n = sims.shape[0]
+        self.rows = np.sort(_finite(sims), axis=1)  # (n, n), ascending
 
     def ranks(self, sims: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """1-based rank of ``right[i]`` among ``left[i]``'s neighbours (1 = nearest)."""
-        pair = sims[left, right].astype(np.float64)
-        values = np.where(np.isfinite(pair), pair, -2.0) + 4.0 * left  # a self-pair: last
-        at_most = np.searchsorted(self.flat, values, side="right") - left * self.n
-        return (self.n - at_most + 1).astype(np.float64)
+        order = np.argsort(left, kind="stable")
+        rows, values = left[order], _finite(sims[left[order], right[order]])
+        bounds = np.searchsorted(rows, np.arange(self.n + 1))
+        at_most = np.empty(left.size, dtype=np.int64)
+        for row in np.flatnonzero(np.diff(bounds)):
+            lo, hi = bounds[row], bounds[row + 1]
+            at_most[lo:hi] = np.searchsorted(self.rows[row], values[lo:hi], side="right")
+        ranks = np.empty(left.size, dtype=np.float64)
+        ranks[order] = self.n - at_most + 1  # a self-pair (-inf, read as -2): last
+        return ranks
+
+
+def _finite(sims: np.ndarray) -> np.ndarray:
+    """Similarities with the diagonal's -inf as -2 (below any cosine), float32."""
+    return np.where(np.isfinite(sims), sims, np.float32(-2.0)).astype(np.float32, copy=False)
 
 
 def two_hop(
@@ -156,11 +162,17 @@ def pair_features(
 
 
 def cluster_features(
-    sims: np.ndarray, left: np.ndarray, right: np.ndarray, cuts: tuple[float, ...]
+    sims: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    cuts: tuple[float, ...],
+    tree: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Same-cluster flags of pairs under average-linkage clustering cut at each of ``cuts``."""
+    """Same-cluster flags of pairs under average-linkage clustering cut at each of ``cuts``
+    (``tree``: the graph's :func:`cluster_tree`, when already built)."""
     out = {}
-    tree = cluster_tree(sims) if cuts else None
+    if tree is None and cuts:
+        tree = cluster_tree(sims)
     for i, cut in enumerate(cuts):
         labels = fcluster(tree, t=1.0 - cut, criterion="distance")
         out[f"same_cluster_{i}"] = (labels[left] == labels[right]).astype(np.float64)
@@ -287,7 +299,8 @@ def experiment_graph_features(
         fold_settings = GraphSettings(settings.k, settings.cohort_k, cuts)
         for role in ("oof", "test"):
             tasks.append((fold, role, *graphs[fold, role], fold_settings))
-    # the neighbourhood features of a graph shared by several folds are computed once
+    # the neighbourhood features and the tree of a graph shared by several folds are computed
+    # once; the trees are cut per fold (each fold has its own cut heights)
     distinct = {id(t[3]): t for t in reversed(tasks)}  # the same pairs too: same role
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy frees the GIL
         bases = dict(
@@ -297,7 +310,12 @@ def experiment_graph_features(
                 strict=True,
             )
         )
-        clustered = list(pool.map(lambda t: cluster_features(*t[3:6], t[6].cuts), tasks))
+        trees = dict(
+            zip(distinct, pool.map(lambda t: cluster_tree(t[3]), distinct.values()), strict=True)
+        )
+        clustered = list(
+            pool.map(lambda t: cluster_features(*t[3:6], t[6].cuts, trees[id(t[3])]), tasks)
+        )
     parts = [pd.concat([bases[id(t[3])], c], axis=1) for t, c in zip(tasks, clustered, strict=True)]
     oof_parts, test_views = [], {}
     for (fold, role, index, *_), part in zip(tasks, parts, strict=True):
