@@ -302,3 +302,31 @@ def test_frozen_experiment_flows_through_scoring_and_serving(
     served = VerificationModel.load(cfg)
     score = served.score(speech_like(1.5, seed=1), speech_like(1.2, seed=2))
     assert np.isfinite(score)
+
+
+def test_wespeaker_weights_fine_tune_per_fold(onnx_model, tmp_path: Path) -> None:
+    """model.weights starts every fold of a trained (cnn) experiment from the WeSpeaker-layout
+    checkpoint: frozen for the first epoch the encoder is still exactly those weights."""
+    from src.training.checkpoint import load_checkpoint
+    from src.training.train import train_stage
+    from tests.conftest import prepare_tiny
+
+    _, encoder = onnx_model
+    weights = tmp_path / "small_resnet18.pt"
+    torch.save(encoder.state_dict(), weights)
+    cfg = prepare_tiny(
+        tmp_path,
+        "model.architecture=wespeaker_resnet18",
+        "model.wespeaker_channels=8",
+        f"model.weights={weights}",
+        "model.embedding_dim=64",
+        "features.frontend=kaldi_fbank",
+        "train.epochs=1",
+        "train.freeze_epochs=1",
+        "train.steps_per_epoch=2",
+        "train.average_last=1",
+    )
+    best = load_checkpoint(train_stage(cfg, 0))
+    for name, value in encoder.state_dict().items():
+        if "running_" not in name and "num_batches" not in name:  # BN statistics still move
+            torch.testing.assert_close(best["model"][f"encoder.{name}"], value)
