@@ -24,6 +24,7 @@ from src.config import (
     ExperimentConfig,
     config_to_yaml,
     load_config,
+    parse_override,
 )
 from src.training.large_margin import first_level_configs
 from src.util.io import read_json, write_json, write_text
@@ -177,6 +178,21 @@ def run_stage(stage: str, cfg: ExperimentConfig, args: argparse.Namespace) -> No
     call_stage(stage, cfg, args.fold, force=args.force, resume=args.resume)
 
 
+def pick_default_config(overrides: list[str]) -> Path:
+    """``run`` without ``--config``: the demo for the demo data, a real recipe for real data
+    (in ``input/``, or the folder a ``paths.input=...`` override names); logged with why."""
+    from src.runner import default_config
+
+    folder = Path("input")
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys == ["paths", "input"] and value is not None:
+            folder = Path(str(value))
+    config, why = default_config(folder, DEFAULT_RUN_CONFIG.parent)
+    log.info("no --config: %s (%s)", config.relative_to(REPO), why)
+    return config
+
+
 def run_tool(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
     """The commands that are not one stage: run, leaderboard, show-config, demo."""
     if args.stage == "show-config":
@@ -213,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         log.error("%s (see python -m src --help, or bash run.sh --help)", err)
         return 2
-    if args.stage == "run" and args.config is None:
-        args.config = DEFAULT_RUN_CONFIG
     try:
+        if args.stage == "run" and args.config is None:
+            args.config = pick_default_config(args.overrides)
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         log.error("%s", err)

@@ -54,6 +54,29 @@ def has_input(folder: Path) -> bool:
     return folder.is_dir() and any(p.name != ".gitkeep" for p in folder.iterdir())
 
 
+def is_demo_data(folder: Path) -> bool:
+    """Whether ``folder`` holds the generated demo data set (it alone writes
+    ``public-test-meta.csv``, the test speakers' identities)."""
+    return (folder / "public-test-meta.csv").is_file()
+
+
+def default_config(folder: Path, configs: Path) -> tuple[Path, str]:
+    """The config ``bash run.sh`` uses without ``--config``, and why, from the data in ``folder``.
+
+    The demo's toy settings apply to the demo data only: real data gets the GPU recipe
+    (``zalo.yaml``) when CUDA is present, the CPU-sized one (``zalo_cpu.yaml``) otherwise.
+    """
+    if not has_input(folder):
+        return configs / "demo.yaml", f"{folder} is empty: the demo"
+    if is_demo_data(folder):
+        return configs / "demo.yaml", f"{folder} holds the generated demo data: the demo"
+    import torch
+
+    if torch.cuda.is_available():
+        return configs / "zalo.yaml", f"real data in {folder} and a CUDA GPU: the GPU recipe"
+    return configs / "zalo_cpu.yaml", f"real data in {folder}, no GPU: the CPU-sized recipe"
+
+
 def ensure_input(cfg: ExperimentConfig, demo: bool) -> None:
     """Check the data folder; generate the demo data there only for a demo run.
 
