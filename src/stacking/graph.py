@@ -240,10 +240,15 @@ def _graph_of(emb: dict[str, np.ndarray], role: str, by_name: bool) -> tuple[np.
 
 
 def _pair_rows(pairs: pd.DataFrame, index: dict, what: str) -> tuple[np.ndarray, np.ndarray]:
-    missing = sorted((set(pairs["audio_1"]) | set(pairs["audio_2"])) - index.keys())
-    if missing:
+    """Graph rows of each pair's two clips (vectorised lookups: 50,000 pairs in milliseconds)."""
+    keys = pd.Index(list(index))
+    rows = np.fromiter(index.values(), dtype=np.int64, count=len(index))
+    left, right = keys.get_indexer(pairs["audio_1"]), keys.get_indexer(pairs["audio_2"])
+    if (left < 0).any() or (right < 0).any():
+        names = pd.concat([pairs["audio_1"][left < 0], pairs["audio_2"][right < 0]])
+        missing = sorted(names.unique())
         raise ValueError(f"{len(missing)} {what} clip(s) are not in the graph, e.g. {missing[:3]}")
-    return pairs["audio_1"].map(index).to_numpy(), pairs["audio_2"].map(index).to_numpy()
+    return rows[left], rows[right]
 
 
 def experiment_graph_features(
