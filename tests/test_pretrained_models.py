@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kaldi_native_fbank as knf
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,6 @@ from src.inference.resemblyzer_backend import resemblyzer_available
 from src.model_zoo import build_embedder
 from src.model_zoo.wespeaker_resnet import WeSpeakerResNet
 from src.util.stage_cache import file_digest
-
-knf = pytest.importorskip("kaldi_native_fbank")
 
 
 def speech_like(seconds: float, seed: int = 0, level: float = 0.2) -> np.ndarray:
