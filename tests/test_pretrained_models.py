@@ -329,3 +329,30 @@ def test_wespeaker_weights_fine_tune_per_fold(onnx_model, tmp_path: Path) -> Non
     for name, value in encoder.state_dict().items():
         if "running_" not in name and "num_batches" not in name:  # BN statistics still move
             torch.testing.assert_close(best["model"][f"encoder.{name}"], value)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "frontend"),
+    [
+        ("timm", "kaldi_fbank"),
+        ("timm", "logmel"),
+        ("wespeaker_resnet18", "logmel"),
+        ("wespeaker_resnet18", "kaldi_fbank"),
+    ],
+)
+def test_every_architecture_takes_either_front_end(architecture: str, frontend: str) -> None:
+    cfg = load_config(
+        None,
+        [
+            f"model.architecture={architecture}",
+            f"features.frontend={frontend}",
+            "features.n_mels=40",
+            "model.width=0.125",
+            "model.wespeaker_channels=8",
+            "model.embedding_dim=32",
+        ],
+    )
+    model = build_embedder(cfg.features, cfg.model, cfg.data.sample_rate)
+    waves = torch.from_numpy(np.stack([speech_like(1.0, seed=s) for s in range(3)]))
+    assert model.train()(waves).shape == (3, 32)  # SpecAugment on
+    assert model.eval()(waves).shape == (3, 32)
