@@ -67,6 +67,11 @@ class DataConfig(Section):
     max_duration: float = Field(900.0, gt=0, description="longer clips are truncated (seconds)")
     silence_dbfs: float = Field(-80.0, description="train clips quieter than this are skipped")
     workers: int = Field(0, ge=0, description="decode processes; 0 = all cores")
+    strict_test: bool = Field(
+        False,
+        description="stop prepare when a file named in the test CSV is missing or unusable; "
+        "default: log it and answer its pairs with a fallback, flagged in submission_scores.csv",
+    )
     test_train_copies: Literal["report", "error", "use_identity"] = Field(
         "report",
         description="test clips identical (md5) to a training clip: list them and score as usual "

@@ -100,16 +100,25 @@ def test_exact_duplicates_are_kept_out_of_training(zalo_root: Path, tmp_path: Pa
     assert row["status"] == "duplicate" and row["duplicate_of"] == "train/100-M-20/100-0.wav"
 
 
-def test_missing_test_file_named_in_csv_is_fatal(zalo_root: Path, tmp_path: Path) -> None:
+def test_missing_test_file_named_in_csv(zalo_root: Path, tmp_path: Path) -> None:
+    """Fatal with data.strict_test; by default its pairs are listed for a fallback answer."""
     (zalo_root / "public-test" / "test002.wav").unlink()
     with pytest.raises(DataLayoutError, match="test002.wav"):
-        run_prepare(zalo_root, tmp_path)
+        run_prepare(zalo_root, tmp_path / "strict", "data.strict_test=true")
+    _, _, prep = run_prepare(zalo_root, tmp_path)
+    fallback = pd.read_csv(prep / "fallback_pairs.csv")
+    assert len(fallback) and fallback["reason"].str.contains("test002.wav: not in the test").all()
 
 
-def test_unreadable_test_file_named_in_csv_is_fatal(zalo_root: Path, tmp_path: Path) -> None:
+def test_unreadable_test_file_named_in_csv(zalo_root: Path, tmp_path: Path) -> None:
     (zalo_root / "public-test" / "test003.wav").write_bytes(b"not audio at all")
     with pytest.raises(DataLayoutError, match=r"test003.wav.*bad_files.csv"):
-        run_prepare(zalo_root, tmp_path)
+        run_prepare(zalo_root, tmp_path / "strict", "data.strict_test=true")
+    _, _, prep = run_prepare(zalo_root, tmp_path)
+    fallback = pd.read_csv(prep / "fallback_pairs.csv")
+    assert fallback["reason"].str.contains("test003.wav: corrupt").all()
+    pairs = pd.read_csv(prep / "test_pairs.csv")
+    assert "test003.wav" not in set(pairs["audio_1"]) | set(pairs["audio_2"])
 
 
 def test_csv_missing_column_is_fatal(zalo_root: Path, tmp_path: Path) -> None:

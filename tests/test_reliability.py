@@ -447,9 +447,12 @@ def test_empty_test_csv_is_refused_by_prepare_and_submit(zalo_root, tmp_path, te
 def test_unusable_test_file_named_in_the_csv_stops_prepare(
     zalo_root, tmp_path, name, writer, reason
 ) -> None:
+    """With data.strict_test, or when no pair is left to score."""
     writer(zalo_root / "public-test" / name)
     write_pairs_csv(zalo_root, f"audio_1,audio_2\ntest000.wav,{name}\n")
     with pytest.raises(DataLayoutError, match=re.escape(name)):
+        prepare_stage(config_for(zalo_root, tmp_path, "data.strict_test=true"))
+    with pytest.raises(DataLayoutError, match="no pair has two usable files: " + re.escape(name)):
         prepare_stage(config_for(zalo_root, tmp_path))
     if name.endswith(".wav"):  # decoded and refused: the reason is on record
         bad = pd.read_csv(tmp_path / "outputs" / "prep" / "bad_files.csv")
@@ -501,7 +504,7 @@ def test_cli_errors_are_one_line_and_name_the_problem(zalo_root: Path, tmp_path:
     commands = {
         "typo": ["prepare", "--config", str(typo)],
         "bad test file": ["prepare", f"paths.input={zalo_root}", f"paths.outputs={tmp_path}",
-                          "data.workers=1"],
+                          "data.workers=1", "data.strict_test=true"],
     }  # fmt: skip
     running = {
         name: subprocess.Popen([sys.executable, "-m", "src", *args], cwd=tmp_path, env=env,

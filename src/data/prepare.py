@@ -42,6 +42,7 @@ from src.util.stage_cache import fingerprint, is_fresh, mark_done, mark_started
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "audio.int16"
+FALLBACK_NAME = "fallback_pairs.csv"  # test pairs naming a damaged file: answered by submit
 MANIFEST_COLUMNS = [
     "id", "name", "path", "split", "speaker", "gender", "age", "duration", "sample_rate",
     "channels", "frames", "bytes", "md5", "status", "duplicate_of", "rms_dbfs", "peak", "snr_db",
@@ -207,7 +208,7 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     if not force and is_fresh(prep_dir, "prepare", stamp, outputs):
         log.info("prepare: inputs unchanged, reusing %s", prep_dir)
         return prep_dir
-    if pairs is not None:
+    if pairs is not None and cfg.data.strict_test:
         check_pairs_exist(pairs, {f.name for f in files if f.split == "test"}, csv_path)
 
     staging = prep_dir / ".staging"  # built aside: a failure leaves the last good outputs
@@ -221,6 +222,7 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     if pairs is None:  # an earlier run's pairs must not outlive the CSV they came from
         (prep_dir / "test_pairs.csv").unlink(missing_ok=True)
+        (prep_dir / FALLBACK_NAME).unlink(missing_ok=True)
     _log_counts(manifest, skipped)
     mark_done(prep_dir, "prepare", stamp)
     return prep_dir
@@ -244,16 +246,49 @@ def build_outputs(
     write_csv(out / "bad_files.csv", skipped_frame(skipped))
     if pairs is not None:
         usable = set(manifest.loc[manifest["split"] == "test", "name"])
+        bad = cfg.paths.prep_dir / "bad_files.csv"
+        fallback = fallback_pairs(pairs, usable, skipped)
         try:
-            check_pairs_exist(pairs, usable, csv_path)
+            if cfg.data.strict_test:
+                check_pairs_exist(pairs, usable, csv_path)
+            elif len(fallback) == len(pairs):
+                reasons = "; ".join(sorted(set(fallback["reason"]))[:5])
+                raise DataLayoutError(f"{csv_path}: no pair has two usable files: {reasons}")
         except DataLayoutError as err:
-            bad = cfg.paths.prep_dir / "bad_files.csv"
             write_csv(bad, skipped_frame(skipped))  # the reasons, beside the last good outputs
             raise DataLayoutError(f"{err} (reasons in {bad})") from None
-        write_csv(out / "test_pairs.csv", pairs)
+        if len(fallback):
+            log.warning(
+                "%d of %d test pairs name a missing or unusable file and get a fallback answer "
+                "(listed in %s; data.strict_test=true stops instead): %s",
+                len(fallback),
+                len(pairs),
+                FALLBACK_NAME,
+                "; ".join(sorted(set(fallback["reason"]))[:5]),
+            )
+        write_csv(out / FALLBACK_NAME, fallback)
+        write_csv(out / "test_pairs.csv", pairs.drop(index=fallback["row"]))
     write_csv(out / "manifest.csv", manifest)
     write_text(out / "README.txt", "Written by `python -m src prepare`; see src/data/prepare.py\n")
     return manifest
+
+
+def fallback_pairs(
+    pairs: pd.DataFrame, usable: set[str], skipped: list[SkippedFile]
+) -> pd.DataFrame:
+    """Rows of the test CSV that name a file with no usable audio, and why (``row`` is the
+    0-based row of the CSV)."""
+    reasons = {Path(s.path).name: s.reason for s in skipped if s.split == "test"}
+
+    def why(name: str) -> str:
+        return f"{name}: {reasons.get(name, 'not in the test folder')}"
+
+    rows = []
+    for row, (first, second) in enumerate(zip(pairs["audio_1"], pairs["audio_2"], strict=True)):
+        bad = [why(name) for name in dict.fromkeys((first, second)) if name not in usable]
+        if bad:
+            rows.append((row, first, second, "; ".join(bad)))
+    return pd.DataFrame(rows, columns=["row", "audio_1", "audio_2", "reason"])
 
 
 def promote(staging: Path, target: Path) -> None:

@@ -396,6 +396,18 @@ def summary_markdown(
             "",
             _table(table[["name", "train_id", "speaker"]].head(20)),
         ]
+    fallback = extra.get("fallback_pairs")
+    if fallback is not None:
+        lines += [
+            "",
+            "## Test pairs answered by the fallback",
+            "",
+            f"{len(fallback)} pair(s) name a test file with no usable audio: they have no score "
+            "and got the balanced policy's prior label (column `fallback` of the submission "
+            "scores; `data.strict_test: true` stops prepare instead).",
+            "",
+            _table(fallback[["row", "audio_1", "audio_2", "reason"]].head(20)),
+        ]
     if extra.get("top_features"):
         lines += ["", "## Top stack features (gain)", "", ", ".join(extra["top_features"])]
     lines += ["", "Figures: `det.png`, `score_histograms.png`, `training_curves.png`.", ""]
@@ -421,6 +433,15 @@ def _copies(cfg: ExperimentConfig) -> dict | None:
     if copies.empty:
         return None
     return {"table": copies, "policy": cfg.data.test_train_copies}
+
+
+def _fallback_pairs(cfg: ExperimentConfig) -> pd.DataFrame | None:
+    """Test pairs that name a damaged file (``prep/fallback_pairs.csv``), or None."""
+    path = cfg.paths.prep_dir / "fallback_pairs.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, dtype=str)
+    return None if table.empty else table
 
 
 def _stack_extras(stack_dir: Path) -> dict:
@@ -497,6 +518,7 @@ def report_stage(cfg: ExperimentConfig) -> None:
         plot_training_curves(histories, out / "training_curves.png")
     extra = _stack_extras(cfg.stack_dir)
     extra["test_train_copies"] = _copies(cfg)
+    extra["fallback_pairs"] = _fallback_pairs(cfg)
     extra["graph"] = graph
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)

@@ -247,9 +247,66 @@ def label_known_copies(table: pd.DataFrame, copies: pd.DataFrame) -> pd.DataFram
     return out
 
 
+def with_fallback_rows(
+    table: pd.DataFrame, expected: pd.DataFrame, fallback: pd.DataFrame, positive_share: float
+) -> pd.DataFrame:
+    """The scored rows plus the rows that name a damaged file, in ``expected``'s order.
+
+    A pair without two usable files has no score and no feature to stack: it gets the label the
+    policy's prior favours (same speaker when ``positive_share >= 0.5``), ``score`` NaN and its
+    reason in the ``fallback`` column (empty for scored rows).
+
+    Example
+    -------
+    >>> expected = pd.DataFrame({"audio_1": ["a", "b", "c"], "audio_2": ["x", "y", "z"]})
+    >>> scored = pd.DataFrame({"audio_1": ["a", "c"], "audio_2": ["x", "z"],
+    ...                        "score": [0.9, 0.1], "label": [1, 0]})
+    >>> fallback = pd.DataFrame({"row": [1], "reason": ["b: empty file"]})
+    >>> with_fallback_rows(scored, expected, fallback, 0.5)["label"].tolist()
+    [1, 1, 0]
+    """
+    missing = fallback["row"].to_numpy()
+    scored = table.set_axis(np.setdiff1d(np.arange(len(expected)), missing)).assign(fallback="")
+    filler = pd.DataFrame(
+        {
+            "audio_1": expected["audio_1"].to_numpy()[missing],
+            "audio_2": expected["audio_2"].to_numpy()[missing],
+            "score": np.nan,
+            "label": int(positive_share >= 0.5),
+            "fallback": fallback["reason"].astype(str).to_numpy(),
+        },
+        index=missing,
+    )
+    out = pd.concat([scored, filler]).sort_index()
+    return out.assign(label=out["label"].astype(np.int64)).reset_index(drop=True)
+
+
+def read_fallback(cfg: ExperimentConfig, expected: pd.DataFrame) -> pd.DataFrame:
+    """``prep/fallback_pairs.csv`` (row, reason), checked against the test CSV; empty without."""
+    path = cfg.paths.prep_dir / "fallback_pairs.csv"
+    if not path.is_file():
+        return pd.DataFrame({"row": pd.Series(dtype=np.int64), "reason": pd.Series(dtype=str)})
+    fallback = read_csv(path, ["row", "audio_1", "audio_2", "reason"], "fallback pair list")
+    rows = fallback["row"].astype(int).to_numpy()
+    names = expected.iloc[rows][PAIR_KEYS].to_numpy() if len(rows) else np.empty((0, 2))
+    if len(rows) and (
+        rows.max() >= len(expected)
+        or not (names == fallback[PAIR_KEYS].astype(str).to_numpy()).all()
+    ):
+        raise SubmissionError(f"{path} does not match {len(expected)} test rows: rerun prepare")
+    return fallback.assign(row=rows)
+
+
 def submit_stage(cfg: ExperimentConfig) -> None:
-    """CLI entry: write ``<outputs>/submission.csv`` and ``<outputs>/submission_scores.csv``."""
-    expected = read_test_pairs(cfg.paths.input / cfg.data.test_csv)
+    """CLI entry: write ``<outputs>/submission.csv`` and ``<outputs>/submission_scores.csv``.
+
+    Rows naming a test file that prepare could not use (``prep/fallback_pairs.csv``) get a
+    fallback answer (see :func:`with_fallback_rows`), flagged in the scores file; the submission
+    still has every row of the test CSV.
+    """
+    full = read_test_pairs(cfg.paths.input / cfg.data.test_csv)
+    fallback = read_fallback(cfg, full)
+    expected = full.drop(index=fallback["row"]).reset_index(drop=True)
     source = load_source(cfg)
     table, threshold = build_submission(
         source, expected, cfg.submit.policy, cfg.submit.positive_share
@@ -265,6 +322,16 @@ def submit_stage(cfg: ExperimentConfig) -> None:
         log.info(
             "%d pair(s) labelled by the training speakers of copied test files",
             int((table["label_source"] == "train_copies").sum()),
+        )
+    if len(fallback):
+        table = with_fallback_rows(table, full, fallback, cfg.submit.positive_share)
+        check_submission(table, full)
+        log.warning(
+            "%d test pair(s) answered by the fallback (label %d): they name a damaged file "
+            "(column 'fallback' of %s)",
+            len(fallback),
+            int(cfg.submit.positive_share >= 0.5),
+            cfg.submission_scores_path.name,
         )
     write_csv(cfg.submission_scores_path, table)
     write_csv(cfg.submission_path, table[[*PAIR_KEYS, "label"]])

@@ -1,0 +1,56 @@
+"""A damaged test file costs its pairs, not the submission (data.strict_test keeps the error)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from src.data.demo import generate_demo
+from src.data.zalo import DataLayoutError
+from tests.conftest import TINY, config_for
+
+
+def damaged_data(root: Path) -> tuple[Path, str]:
+    """Tiny demo data whose first test file is not audio."""
+    generate_demo(root, n_speakers=8, clips_per_speaker=4, n_test_speakers=2,
+                  test_clips_per_speaker=3, seed=0)  # fmt: skip
+    pairs = pd.read_csv(root / "public-test.csv")
+    name = str(pairs["audio_1"].iloc[0])
+    (root / "public-test" / name).write_bytes(b"this is not a wav file")
+    return root, name
+
+
+def test_damaged_test_file_gets_fallback_answers(tmp_path: Path) -> None:
+    from src.data.folds import folds_stage
+    from src.data.prepare import prepare_stage
+    from src.runner import run_pipeline
+
+    root, damaged = damaged_data(tmp_path / "data")
+    strict = config_for(root, tmp_path / "strict", *TINY, "data.strict_test=true")
+    with pytest.raises(DataLayoutError, match=damaged):
+        prepare_stage(strict)
+
+    cfg = config_for(root, tmp_path, *TINY, "train.epochs=1", "train.steps_per_epoch=2",
+                     "train.average_last=1", "stack.graph_features=false")  # fmt: skip
+    prepare_stage(cfg)
+    expected = pd.read_csv(root / "public-test.csv")
+    names_it = (expected["audio_1"] == damaged) | (expected["audio_2"] == damaged)
+    fallback = pd.read_csv(cfg.paths.prep_dir / "fallback_pairs.csv")
+    assert fallback["row"].tolist() == list(expected.index[names_it])
+    assert fallback["reason"].str.startswith(f"{damaged}: ").all()
+    scored = pd.read_csv(cfg.paths.prep_dir / "test_pairs.csv")
+    assert len(scored) == len(expected) - names_it.sum() and damaged not in set(scored["audio_1"])
+
+    folds_stage(cfg)
+    run_pipeline(cfg, ["train", "embed", "score", "stack", "submit", "report"])
+    submission = pd.read_csv(cfg.submission_path)
+    pd.testing.assert_frame_equal(submission[["audio_1", "audio_2"]], expected)
+    scores = pd.read_csv(cfg.submission_scores_path, keep_default_na=False)
+    flagged = scores["fallback"] != ""
+    assert flagged.tolist() == names_it.tolist()
+    assert (submission.loc[flagged, "label"] == 1).all()  # the balanced policy's prior (50 %)
+    assert set(submission["label"]) <= {0, 1}
+    summary = (cfg.report_dir / "summary.md").read_text()
+    assert f"{names_it.sum()} pair(s) name a test file with no usable audio" in summary
