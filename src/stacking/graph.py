@@ -40,6 +40,7 @@ from scipy.spatial.distance import squareform
 
 from src.inference.metrics import error_curves
 
+TWO_HOP_CANDIDATES = 64  # nearest neighbours of each clip searched first for two-hop paths
 CHUNK = 4096  # pairs per block of the two-hop computation (memory ~ CHUNK * n)
 
 
@@ -87,18 +88,23 @@ def _finite(sims: np.ndarray) -> np.ndarray:
 
 
 def two_hop(
-    sims: np.ndarray, left: np.ndarray, right: np.ndarray, candidates: int = 64
+    sims: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    candidates: int = TWO_HOP_CANDIDATES,
+    near: np.ndarray | None = None,
 ) -> np.ndarray:
     """``max_c min(S[a,c], S[c,b])`` over third clips c (a and b excluded), exactly.
 
     The best c is searched among the ``candidates`` nearest neighbours of a and of b first: any
     other c has ``S[a,c]`` at most a's last candidate similarity and ``S[c,b]`` at most b's, so
     a best path at least as high as the lower of the two is the true maximum. Only the other
-    pairs are checked against every clip.
+    pairs are checked against every clip. ``near``: the graph's :func:`nearest` neighbours when
+    already known (at least ``candidates`` of them, or all ``n - 1``).
     """
     n = sims.shape[0]
     m = min(candidates, n - 1)
-    near = nearest(sims, m)  # (n, m)
+    near = (nearest(sims, m) if near is None else near)[:, :m]  # (n, m)
     floor = sims[np.arange(n), near[:, -1]]
     out = np.empty(left.size, dtype=np.float64)
     for start in range(0, left.size, CHUNK):
@@ -192,7 +198,9 @@ def neighbourhood_features(
     rank_ab[self_pair] = rank_ba[self_pair] = 1.0
     out |= _spread("rank", rank_ab, rank_ba)
     k_max = min(max(settings.k), n - 1)
-    order = nearest(sims, k_max) if k_max > 0 else None
+    # one neighbour search serves the k-NN features and the two-hop candidates
+    near = nearest(sims, min(max(k_max, TWO_HOP_CANDIDATES), n - 1)) if n > 1 else None
+    order = near[:, :k_max] if k_max > 0 else None
     for k in settings.k:
         out[f"mutual_knn_{k}"] = ((rank_ab <= k) & (rank_ba <= k)).astype(np.float64)
     if order is not None:
@@ -209,7 +217,9 @@ def neighbourhood_features(
     mean, std = top.mean(axis=1), np.maximum(top.std(axis=1), 1e-4)
     out |= _spread("local_gap", raw - mean[left], raw - mean[right])
     out["local_norm"] = 0.5 * ((raw - mean[left]) / std[left] + (raw - mean[right]) / std[right])
-    out["two_hop"] = two_hop(sims, left, right) if n > 2 else np.full(left.size, -1.0)
+    out["two_hop"] = (
+        two_hop(sims, left, right, TWO_HOP_CANDIDATES, near) if n > 2 else np.full(left.size, -1.0)
+    )
     out["two_hop_gap"] = out["two_hop"] - raw
     return pd.DataFrame(out)
 
