@@ -291,6 +291,16 @@ def fallback_pairs(
     return pd.DataFrame(rows, columns=["row", "audio_1", "audio_2", "reason"])
 
 
+def read_fallback_pairs(prep_dir: Path) -> pd.DataFrame:
+    """``fallback_pairs.csv`` (row, audio_1, audio_2, reason): the test CSV rows that name a
+    damaged file; empty when there are none or the file is absent (no test CSV)."""
+    path = prep_dir / FALLBACK_NAME
+    if not path.is_file():
+        return pd.DataFrame(columns=["row", "audio_1", "audio_2", "reason"]).astype({"row": int})
+    table = pd.read_csv(path, dtype={"audio_1": str, "audio_2": str, "reason": str})
+    return table.astype({"row": int})
+
+
 def promote(staging: Path, target: Path) -> None:
     """Move every file of ``staging`` into ``target``; the manifest goes first and comes last.
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from src.config import ExperimentConfig
+from src.data.prepare import read_fallback_pairs
 from src.data.zalo import read_pair_csv
 from src.inference.embed import load_embeddings
 from src.inference.gender import gather_gender_tables
@@ -216,15 +217,6 @@ def key_scored_metrics(scores: np.ndarray, labels: np.ndarray, positive_share: f
     }
 
 
-def fallback_rows(cfg: ExperimentConfig) -> list[int]:
-    """Rows of the test CSV that name a damaged file (``prep/fallback_pairs.csv``): they are not
-    among the scored test pairs, and ``submit`` answers them with a fallback."""
-    path = cfg.paths.prep_dir / "fallback_pairs.csv"
-    if not path.is_file():
-        return []
-    return pd.read_csv(path, usecols=["row"])["row"].astype(int).tolist()
-
-
 def answer_key_path(cfg: ExperimentConfig) -> Path:
     return cfg.paths.input / "public-test-labels.csv"
 
@@ -238,9 +230,10 @@ def _test_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
     if not key_path.is_file():
         return {}
     key = pd.read_csv(key_path, dtype={"audio_1": str, "audio_2": str})
-    fallback = fallback_rows(cfg)
+    # rows naming a damaged file are not among the scored pairs (submit answers them)
+    fallback = read_fallback_pairs(cfg.paths.prep_dir)["row"].tolist()
     if len(fallback) and len(key) == len(table) + len(fallback):
-        key = key.drop(index=fallback).reset_index(drop=True)  # pairs prepare could not score
+        key = key.drop(index=fallback).reset_index(drop=True)
     if (
         len(key) != len(table)
         or not {"audio_1", "audio_2", "label"} <= set(key.columns)

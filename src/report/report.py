@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from src.config import ExperimentConfig
+from src.data.prepare import read_fallback_pairs
 from src.inference.metrics import equal_error_rate, summarise
 from src.stacking.inputs import PAIR_KEYS, load_manifest, read_csv, read_test_pairs
 from src.stacking.submit import POLICIES, apply_policy, balanced_labels
@@ -435,15 +436,6 @@ def _copies(cfg: ExperimentConfig) -> dict | None:
     return {"table": copies, "policy": cfg.data.test_train_copies}
 
 
-def _fallback_pairs(cfg: ExperimentConfig) -> pd.DataFrame | None:
-    """Test pairs that name a damaged file (``prep/fallback_pairs.csv``), or None."""
-    path = cfg.paths.prep_dir / "fallback_pairs.csv"
-    if not path.is_file():
-        return None
-    table = pd.read_csv(path, dtype=str)
-    return None if table.empty else table
-
-
 def _stack_extras(stack_dir: Path) -> dict:
     extra: dict = {}
     adversarial = stack_dir / "adversarial.json"
@@ -518,7 +510,8 @@ def report_stage(cfg: ExperimentConfig) -> None:
         plot_training_curves(histories, out / "training_curves.png")
     extra = _stack_extras(cfg.stack_dir)
     extra["test_train_copies"] = _copies(cfg)
-    extra["fallback_pairs"] = _fallback_pairs(cfg)
+    fallback = read_fallback_pairs(cfg.paths.prep_dir)
+    extra["fallback_pairs"] = None if fallback.empty else fallback
     extra["graph"] = graph
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)

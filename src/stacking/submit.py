@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from src.config import ExperimentConfig
+from src.data.prepare import FALLBACK_NAME, read_fallback_pairs
 from src.inference.metrics import best_accuracy, equal_error_rate
 from src.util.io import write_csv
 
@@ -53,6 +54,7 @@ class ScoreSource:
     test: pd.DataFrame  # audio_1, audio_2, score (public-test.csv names and order)
     oof_scores: np.ndarray
     oof_labels: np.ndarray
+    oof: pd.DataFrame | None = None  # the OOF table read (the stack's: fold and trial ids too)
 
 
 def balanced_labels(scores: np.ndarray, positive_share: float) -> tuple[np.ndarray, float]:
@@ -145,7 +147,7 @@ def load_source(cfg: ExperimentConfig) -> ScoreSource:
         test = read_csv(stack / "test_predictions.csv", [*PAIR_KEYS, "prob"], "stack predictions")
         oof = read_csv(stack / "oof_predictions.csv", ["label", "prob"], "stack OOF predictions")
         test = test.rename(columns={"prob": "score"})
-        return ScoreSource("stack", test, oof["prob"].to_numpy(), oof["label"].to_numpy())
+        return ScoreSource("stack", test, oof["prob"].to_numpy(), oof["label"].to_numpy(), oof)
     experiment = cfg.submit.experiment or cfg.run_name
     column = cfg.submit.score
     directory = outputs / experiment
@@ -182,13 +184,13 @@ def build_submission(
 
 
 def apply_transitive(
-    cfg: ExperimentConfig, table: pd.DataFrame, expected: pd.DataFrame
+    cfg: ExperimentConfig, table: pd.DataFrame, expected: pd.DataFrame, oof: pd.DataFrame
 ) -> pd.DataFrame:
-    """Relabel with transitive consistency when OOF says it helps (or when forced ``on``)."""
+    """Relabel with transitive consistency when OOF says it helps (or when forced ``on``);
+    ``oof`` is the stack's ``oof_predictions.csv``."""
     from .transitive import choose_thresholds, decide, propagate
 
     needed = ["fold", *PAIR_KEYS, "label", "prob"]
-    oof = read_csv(cfg.stack_dir / "oof_predictions.csv", ["label", "prob"], "stack OOF")
     if not set(needed) <= set(oof.columns):
         if cfg.submit.transitive == "on":
             raise SubmissionError("submit.transitive=on needs OOF trials with fold and clip ids")
@@ -282,19 +284,19 @@ def with_fallback_rows(
 
 
 def read_fallback(cfg: ExperimentConfig, expected: pd.DataFrame) -> pd.DataFrame:
-    """``prep/fallback_pairs.csv`` (row, reason), checked against the test CSV; empty without."""
-    path = cfg.paths.prep_dir / "fallback_pairs.csv"
-    if not path.is_file():
-        return pd.DataFrame({"row": pd.Series(dtype=np.int64), "reason": pd.Series(dtype=str)})
-    fallback = read_csv(path, ["row", "audio_1", "audio_2", "reason"], "fallback pair list")
-    rows = fallback["row"].astype(int).to_numpy()
-    names = expected.iloc[rows][PAIR_KEYS].to_numpy() if len(rows) else np.empty((0, 2))
-    if len(rows) and (
-        rows.max() >= len(expected)
-        or not (names == fallback[PAIR_KEYS].astype(str).to_numpy()).all()
+    """``prep/fallback_pairs.csv`` checked against the test CSV; empty without."""
+    fallback = read_fallback_pairs(cfg.paths.prep_dir)
+    rows = fallback["row"].to_numpy()
+    in_range = rows.size == 0 or (rows.min() >= 0 and rows.max() < len(expected))
+    if (
+        not in_range
+        or not (expected.iloc[rows][PAIR_KEYS].to_numpy() == fallback[PAIR_KEYS].to_numpy()).all()
     ):
-        raise SubmissionError(f"{path} does not match {len(expected)} test rows: rerun prepare")
-    return fallback.assign(row=rows)
+        raise SubmissionError(
+            f"{cfg.paths.prep_dir / FALLBACK_NAME} does not match {len(expected)} test "
+            "rows: rerun prepare"
+        )
+    return fallback
 
 
 def submit_stage(cfg: ExperimentConfig) -> None:
@@ -312,7 +314,7 @@ def submit_stage(cfg: ExperimentConfig) -> None:
         source, expected, cfg.submit.policy, cfg.submit.positive_share
     )
     if cfg.submit.source == "stack" and cfg.submit.transitive != "off":
-        table = apply_transitive(cfg, table, expected)
+        table = apply_transitive(cfg, table, expected, source.oof)
     if cfg.data.test_train_copies == "use_identity":
         copies = read_csv(
             cfg.paths.prep_dir / "test_train_copies.csv", ["name", "speaker"], "test copy list"
