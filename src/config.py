@@ -28,6 +28,8 @@ from pydantic import (
     field_validator,
 )
 
+LARGE_MARGIN_SUFFIX = "_lmft"  # run and experiment name suffix of the large-margin phase
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be turned into a valid experiment."""
@@ -371,10 +373,15 @@ class ExperimentConfig(Section):
         config's run (and its large-margin phase ``<run>_lmft`` when that is on)."""
         if self.stack.experiments:
             return list(self.stack.experiments)
-        runs = [self.run_name]
+        return [self.run_name] + ([self.large_margin_run] if self.large_margin_run else [])
+
+    @property
+    def large_margin_run(self) -> str | None:
+        """The run of the large-margin phase (``<run>_lmft``) when this config has one: a
+        trained first level with ``train.large_margin.enabled``."""
         if self.train.large_margin.enabled and self.extractor.kind == "cnn":
-            runs.append(self.run_name + "_lmft")
-        return runs
+            return self.run_name + LARGE_MARGIN_SUFFIX
+        return None
 
     @property
     def experiment_dir(self) -> Path:

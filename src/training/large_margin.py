@@ -9,17 +9,15 @@ checkpoints, embeddings, OOF scores and figures; the stack takes both runs by de
 
 from __future__ import annotations
 
-from src.config import ExperimentConfig, config_from_dict
-
-SUFFIX = "_lmft"
+from src.config import LARGE_MARGIN_SUFFIX, ExperimentConfig, config_from_dict
 
 
 def large_margin_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config of the large-margin phase that follows the run of ``cfg``."""
     phase = cfg.train.large_margin
     raw = cfg.model_dump(mode="json")
-    raw["experiment"] = cfg.experiment + SUFFIX
-    raw["run"] = cfg.run_name + SUFFIX
+    raw["experiment"] = cfg.experiment + LARGE_MARGIN_SUFFIX
+    raw["run"] = cfg.run_name + LARGE_MARGIN_SUFFIX
     raw["model"] |= {"pretrained": False, "weights": None, "weights_sha256": None}
     raw["head"] |= {"margin": phase.margin, "margin_warmup_epochs": 0}
     raw["train"] |= {
@@ -39,6 +37,4 @@ def large_margin_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def first_level_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
     """The runs a first-level stage works on: the config's own, then its large-margin phase."""
-    if cfg.train.large_margin.enabled and cfg.extractor.kind == "cnn":
-        return [cfg, large_margin_config(cfg)]
-    return [cfg]
+    return [cfg, large_margin_config(cfg)] if cfg.large_margin_run else [cfg]
