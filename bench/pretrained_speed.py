@@ -30,19 +30,9 @@ from src.config import FeaturesConfig, load_config
 from src.features.kaldi_fbank import KaldiFbank
 from src.inference.extractors import build_extractor
 from src.model_zoo.wespeaker_resnet import WeSpeakerResNet
+from tests.fixtures.speech import speech_like
 
 SAMPLE_RATE = 16000
-
-
-def speech_like(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    pitch = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
-    phase = 2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 8)) * (1.2 + np.sin(2 * np.pi * 4 * t))
-    return (0.2 * voiced / np.abs(voiced).max() + 0.005 * rng.standard_normal(t.size)).astype(
-        np.float32
-    )
 
 
 def throughput(extractor, waves: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:

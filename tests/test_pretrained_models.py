@@ -16,17 +16,7 @@ from src.inference.resemblyzer_backend import resemblyzer_available
 from src.model_zoo import build_embedder
 from src.model_zoo.wespeaker_resnet import WeSpeakerResNet
 from src.util.stage_cache import file_digest
-
-
-def speech_like(seconds: float, seed: int = 0, level: float = 0.2) -> np.ndarray:
-    """A gliding harmonic tone with syllable-rate amplitude and a little noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    pitch = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
-    phase = 2 * np.pi * np.cumsum(pitch) / 16000
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 8)) * (1.2 + np.sin(2 * np.pi * 4 * t))
-    wave = level * voiced / np.abs(voiced).max() + 0.005 * rng.standard_normal(t.size)
-    return wave.astype(np.float32)
+from tests.fixtures.speech import speech_like
 
 
 def reference_fbank(wave: np.ndarray, window: str, n_mels: int) -> np.ndarray:

@@ -115,7 +115,7 @@ class OnnxExtractor(EmbeddingExtractor):
             )
 
     def _run(self, waves: np.ndarray) -> np.ndarray:
-        if getattr(self, "one_per_run", False) and len(waves) > 1:
+        if self.one_per_run and len(waves) > 1:
             return np.concatenate([self._run(wave[None]) for wave in waves])
         with torch.inference_mode():
             frames = self.front_end(torch.from_numpy(np.ascontiguousarray(waves, np.float32)))
