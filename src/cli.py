@@ -46,6 +46,7 @@ STAGES: dict[str, str] = {
     "stack": "src.stacking.stack:stack_stage",
     "submit": "src.stacking.submit:submit_stage",
     "report": "src.report.report:report_stage",
+    "export": "src.serve.export:export_stage",
     "serve": "src.serve.app:serve_stage",
     "pretrain": "src.training.pretrain:pretrain_stage",
 }
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="train: continue from last.pt")
     parser.add_argument("--out", type=Path, default=None, help="demo: where to write the data")
     parser.add_argument("--stage", dest="first", default="0", help="run: first stage")
-    parser.add_argument("--stop-stage", dest="last", default="7", help="run: last stage")
+    parser.add_argument("--stop-stage", dest="last", default="8", help="run: last stage")
     parser.add_argument("--demo", action="store_true", help="run: demo data if input is empty")
     parser.add_argument("--explain", action="store_true", help="show-config: the reference")
     parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
@@ -143,6 +144,8 @@ def record_run(cfg: ExperimentConfig, stage: str, seconds: float) -> None:
         return
     if not folder.is_dir():
         return
+    if folder == cfg.experiment_dir:  # the export stage rebuilds the run from it
+        save_resolved_config(cfg, folder)
     path = folder / "run.json"
     record = read_json(path) if path.is_file() else {"stages": {}}
     record |= {"run": cfg.run_name, "experiment": cfg.experiment, "variant": cfg.variant}

@@ -316,11 +316,33 @@ class SubmitConfig(Section):
     score: Literal["asnorm", "cosine"] = "asnorm"
 
 
+class ExportConfig(Section):
+    onnx: bool = Field(
+        False,
+        description="also write each trained CNN fold model as ONNX (dynamic length) for "
+        "serve.runtime=onnx",
+    )
+    opset: int = Field(17, ge=13, description="ONNX opset of the exported fold models")
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_upload_mb: float = Field(20.0, gt=0)
     max_seconds: float = Field(120.0, gt=0)
+    bundle: Path | None = Field(
+        None, description="bundle folder to serve; default <outputs>/bundle[-variant]"
+    )
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch", description="onnx: the bundle's ONNX fold models on onnxruntime (export.onnx)"
+    )
+    max_pending: int = Field(
+        8, ge=1, description="requests queued for the model at once; more get 503 (busy)"
+    )
+    max_batch_files: int = Field(64, ge=2, description="files one predict_batch request may send")
+    max_batch_pairs: int = Field(
+        5000, ge=1, description="pairs one predict_batch request may ask for"
+    )
 
 
 class ExperimentConfig(Section):
@@ -347,6 +369,7 @@ class ExperimentConfig(Section):
     score: ScoreConfig = ScoreConfig()
     stack: StackConfig = StackConfig()
     submit: SubmitConfig = SubmitConfig()
+    export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
     # where this config came from (file, overrides, result-changing settings): for run records
     _origin: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -416,6 +439,15 @@ class ExperimentConfig(Section):
     @property
     def submission_scores_path(self) -> Path:
         return self._second_level("submission_scores", ".csv")
+
+    @property
+    def bundle_dir(self) -> Path:
+        """Where ``export`` writes the bundle and ``serve`` reads it (``serve.bundle`` wins)."""
+        return self._second_level("bundle")
+
+    @property
+    def served_bundle(self) -> Path:
+        return self.serve.bundle if self.serve.bundle is not None else self.bundle_dir
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -493,7 +525,7 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
 
 
 # settings that change no result: never part of a run's identity
-NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "serve")
+NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "export", "serve")
 NO_RESULT_KEYS = {"data.workers", "train.workers", "train.device", "embed.batch_seconds"}
 SECOND_LEVEL_SECTIONS = ("stack", "submit")
 

@@ -17,7 +17,7 @@ from src.config import ExperimentConfig
 
 log = logging.getLogger("src.run")
 
-PIPELINE = ("prepare", "folds", "train", "embed", "score", "stack", "submit", "report")
+PIPELINE = ("prepare", "folds", "train", "embed", "score", "stack", "submit", "report", "export")
 LAYOUT = "train/<id>-<gender>-<age>/*.wav, public-test/*.wav and public-test.csv (audio_1,audio_2)"
 
 

@@ -103,3 +103,17 @@ def prepare_tiny(
     prepare_stage(cfg)
     folds_stage(cfg)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> ExperimentConfig:
+    """Two tiny trained runs, stacked, submitted and exported (with ONNX fold models) once per
+    session: the stacking config (``bundle_dir``, ``submission_scores_path``)."""
+    from tests.fixtures.bundle import build_tiny_bundle
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+    finally:
+        torch.set_num_threads(threads)

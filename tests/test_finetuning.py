@@ -35,7 +35,7 @@ def test_ge2e_fine_tunes_per_fold_from_the_pretrained_weights(tmp_path: Path) ->
     from src.inference.embed import embed_stage, load_embeddings
     from src.inference.score import score_stage
     from src.model_zoo.ge2e import GE2EEncoder, load_ge2e_weights
-    from src.serve.model import VerificationModel
+    from tests.fixtures.bundle import bundle_of
 
     cfg = prepare_tiny(tmp_path, *GE2E, *SHORT, "train.epochs=1", "train.freeze_epochs=1")
     pretrained = GE2EEncoder()
@@ -62,10 +62,11 @@ def test_ge2e_fine_tunes_per_fold_from_the_pretrained_weights(tmp_path: Path) ->
     train_stage(tuned, 1)
     embed_stage(tuned, 1)
     score_stage(tuned)
-    served = VerificationModel.load(tuned)
+    served = bundle_of(tuned)
     rng = np.random.default_rng(0)
     clip = (0.1 * rng.standard_normal(24000)).astype(np.float32)
-    assert np.isfinite(served.score(clip, clip[::-1].copy()))
+    answer = served.answer_waves(clip, clip[::-1].copy())
+    assert np.isfinite(answer["probability"]) and np.isfinite(answer[f"{tuned.run_name}__asnorm"])
 
 
 def test_large_margin_phase_is_its_own_run(tmp_path: Path, caplog) -> None:

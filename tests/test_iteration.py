@@ -21,9 +21,9 @@ DEMO = REPO / "configs" / "demo.yaml"
 
 def test_stage_ranges_by_name_or_number_and_refusals() -> None:
     assert stage_range("train", "4") == ["train", "embed", "score"]
-    assert stage_range("0", "report")[-1] == "report" and len(stage_range("0", "7")) == 8
-    with pytest.raises(RunError, match="unknown stage '8'"):
-        stage_range("8", "8")
+    assert stage_range("0", "export")[-1] == "export" and len(stage_range("0", "8")) == 9
+    with pytest.raises(RunError, match="unknown stage '9'"):
+        stage_range("9", "9")
     with pytest.raises(RunError, match="empty stage range"):
         stage_range("5", "3")
 
@@ -31,7 +31,7 @@ def test_stage_ranges_by_name_or_number_and_refusals() -> None:
 @pytest.mark.parametrize(
     "argv, code, message",
     [
-        (["run", "--stage", "8"], 1, "unknown stage '8'"),
+        (["run", "--stage", "9"], 1, "unknown stage '9'"),
         (["run", "--stage", "stack", "--stop-stage", "folds"], 1, "empty stage range"),
         (["run", "train.epchs=3"], 2, "unknown config key 'train.epchs'"),
         (["run", "--config"], 2, "expected one argument"),

@@ -257,14 +257,17 @@ def test_frozen_experiment_flows_through_scoring_and_serving(
 ) -> None:
     """An ONNX or frozen WeSpeaker first level gives the usual OOF/test score files, and the
     API serves it."""
+    import shutil
+
     import pandas as pd
 
     from src.inference.embed import embed_stage
     from src.inference.score import score_stage
-    from src.serve.model import VerificationModel
     from tests.conftest import prepare_tiny
+    from tests.fixtures.bundle import bundle_of
 
-    path, encoder = onnx_model
+    path = shutil.copyfile(onnx_model[0], tmp_path / "model.onnx")  # this test removes it
+    encoder = onnx_model[1]
     weights = tmp_path / "small_resnet18.pt"
     torch.save(encoder.state_dict(), weights)
     settings = {
@@ -288,9 +291,12 @@ def test_frozen_experiment_flows_through_scoring_and_serving(
     score_stage(cfg)
     oof = pd.read_csv(cfg.experiment_dir / "oof_scores.csv")
     assert {"cosine", "asnorm"} <= set(oof.columns) and oof["asnorm"].notna().all()
-    served = VerificationModel.load(cfg)
-    score = served.score(speech_like(1.5, seed=1), speech_like(1.2, seed=2))
-    assert np.isfinite(score)
+    # the bundle holds its own copy of the weights: the original file may go
+    served = bundle_of(cfg)
+    (path if kind == "onnx" else weights).unlink()
+    served = type(served).load(served.root)
+    answer = served.answer_waves(speech_like(1.5, seed=1), speech_like(1.2, seed=2))
+    assert np.isfinite(answer["probability"]) and np.isfinite(answer[f"{cfg.run_name}__asnorm"])
 
 
 def test_wespeaker_weights_fine_tune_per_fold(onnx_model, tmp_path: Path) -> None:

@@ -1,9 +1,9 @@
-"""The inference API: a real uvicorn server on loopback over a tiny untrained 2-fold experiment."""
+"""The inference API: a real uvicorn server on loopback serving a tiny exported bundle."""
 
 from __future__ import annotations
 
 import io
-import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,29 +14,16 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from src.config import DataConfig, ExperimentConfig, load_config
+from src.config import DataConfig, ServeConfig
 from src.data.audio import from_int16
 from src.data.prepare import _decode_job
 from src.data.zalo import SourceFile
-from src.inference.embed import embed_clips
-from src.inference.metrics import balanced_threshold, equal_error_rate
-from src.inference.score import score_pairs
-from src.serve import model as model_module
 from src.serve.app import BackgroundServer, create_app
-from src.serve.model import VerificationModel, WaveformClips, as_cached, decision_threshold
+from src.serve.ensemble import BundleModel, as_cached
 from src.serve.uploads import decode_upload
-from tests.fixtures.untrained_experiment import write_untrained_experiment
 
 RATE = 16000
-TINY = [
-    "model.backbone=resnet18", "model.width=0.125", "model.embedding_dim=32", "folds.n_folds=2",
-    "embed.window_seconds=1.0", "embed.hop_seconds=0.5", "score.asnorm_top_k=10",
-    "serve.max_upload_mb=0.25", "serve.max_seconds=4", "train.device=cpu",
-]  # fmt: skip
-
-
-def tiny_config(root: Path, *overrides: str) -> ExperimentConfig:
-    return load_config(None, [f"paths.outputs={root / 'outputs'}", *TINY, *overrides])
+LIMITS = ServeConfig(max_upload_mb=0.25, max_seconds=4)
 
 
 def encode(
@@ -62,15 +49,17 @@ def noise(seconds: float = 1.5, seed: int = 1) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
-    cfg = tiny_config(tmp_path_factory.mktemp("serve"))
-    write_untrained_experiment(cfg, cohort_speakers=12, clips_per_speaker=2, test_pairs=50)
-    model = VerificationModel.load(cfg)
+def model(tiny_bundle) -> BundleModel:
+    return BundleModel.load(tiny_bundle.bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def served(model):
     with (
-        BackgroundServer(create_app(model, cfg)) as server,
+        BackgroundServer(create_app(model, LIMITS)) as server,
         httpx.Client(base_url=server.url, timeout=60) as client,
     ):
-        yield client, model, cfg
+        yield client, model
 
 
 def predict(client: httpx.Client, one: bytes, two: bytes, name_2: str = "b.wav") -> httpx.Response:
@@ -78,43 +67,34 @@ def predict(client: httpx.Client, one: bytes, two: bytes, name_2: str = "b.wav")
 
 
 def test_health(served) -> None:
-    client, _, cfg = served
+    client, model = served
     body = client.get("/health").json()
     assert body["status"] == "ok"
-    assert body["experiment"] == cfg.experiment
-    assert body["folds"] == 2
-    scores = pd.read_csv(cfg.experiment_dir / "test_scores.csv")["asnorm"].to_numpy()
-    assert body["threshold"] == pytest.approx(balanced_threshold(scores, 0.5))
+    assert body["runs"] == ["cnn", "cnn_small"]
+    assert body["folds"] == 2 and body["runtime"] == "torch"
+    assert body["threshold"] == pytest.approx(model.manifest["threshold"]["value"])
+    assert "balanced" in body["threshold_source"] and body["pending"] == 0
 
 
-def test_valid_pair_gets_label_and_score(served) -> None:
-    client, model, _ = served
+def test_valid_pair_gets_label_probability_and_scores(served) -> None:
+    client, model = served
     response = predict(client, encode(voice()), encode(noise()))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["label"] in (0, 1)
-    assert np.isfinite(body["score"])
-    assert body["label"] == int(body["score"] >= model.threshold.value)
+    assert 0.0 <= body["probability"] <= 1.0
+    assert body["label"] == int(body["probability"] >= model.threshold)
+    assert set(body["scores"]) == {"cnn", "cnn_small"}
+    assert all(np.isfinite(v["asnorm"]) for v in body["scores"].values())
     assert body["warnings"] == []
 
 
-def test_identical_clips_score_higher_than_different_ones(served) -> None:
-    client, _, _ = served
-    clip = encode(voice())
-    same = predict(client, clip, clip).json()["score"]
-    different = predict(client, clip, encode(noise())).json()["score"]
-    assert same > different
-
-
 def test_other_formats_rates_and_channels(served) -> None:
-    client, _, _ = served
-    different = predict(client, encode(voice()), encode(noise())).json()["score"]
+    client, _ = served
     stereo = np.stack([voice(rate=44100), voice(rate=44100)], axis=1)
     as_flac = predict(client, encode(voice()), encode(stereo, 44100, "FLAC"), "b.flac")
     assert as_flac.status_code == 200, as_flac.text
     as_ogg = predict(client, encode(voice()), encode(voice(rate=22050), 22050, "OGG"), "b.ogg")
     assert as_ogg.status_code == 200, as_ogg.text
-    assert as_flac.json()["score"] > different  # the same voice, resampled and mixed down
 
 
 BAD_UPLOADS = {
@@ -131,7 +111,7 @@ BAD_UPLOADS = {
 
 @pytest.mark.parametrize("case", list(BAD_UPLOADS))
 def test_bad_upload_is_refused_and_server_keeps_serving(served, case: str) -> None:
-    client, _, _ = served
+    client, _ = served
     data, status, reason = BAD_UPLOADS[case]
     response = predict(client, encode(voice()), data)
     assert response.status_code == status, response.text
@@ -141,67 +121,97 @@ def test_bad_upload_is_refused_and_server_keeps_serving(served, case: str) -> No
 
 
 def test_missing_field_is_422(served) -> None:
-    client, _, _ = served
+    client, _ = served
     response = client.post("/api/predict", files={"audio_1": ("a.wav", encode(voice()))})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "audio_2"]
 
 
 def test_silent_clip_is_scored_with_a_warning(served) -> None:
-    client, _, _ = served
+    client, _ = served
     response = predict(client, encode(voice()), encode(np.zeros(RATE, np.float32)))
     assert response.status_code == 200, response.text
-    assert np.isfinite(response.json()["score"])
+    assert np.isfinite(response.json()["probability"])
     assert "audio_2 is silent" in response.json()["warnings"][0]
 
 
 def test_concurrent_clients_get_the_same_answers(served) -> None:
-    client, _, _ = served
+    client, _ = served
     pair = (encode(voice(seed=3)), encode(noise(seed=4)))
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda _: predict(client, *pair), range(8)))
     assert {r.status_code for r in responses} == {200}
-    assert len({r.json()["score"] for r in responses}) == 1
+    assert len({r.json()["probability"] for r in responses}) == 1
 
 
-def test_health_answers_while_a_pair_is_scored(served, monkeypatch) -> None:
-    client, model, _ = served
-    original = model.predict
-
-    def slow_predict(wave_1: np.ndarray, wave_2: np.ndarray) -> tuple[int, float]:
-        time.sleep(1.5)
-        return original(wave_1, wave_2)
-
-    monkeypatch.setattr(model, "predict", slow_predict)
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(predict, client, encode(voice()), encode(noise()))
-        time.sleep(0.3)
-        started = time.perf_counter()
-        assert client.get("/health").status_code == 200
-        assert time.perf_counter() - started < 1.0
-        assert not pending.done()
-        assert pending.result().status_code == 200
-
-
-def test_score_is_the_fold_mean_asnorm_of_the_score_stage(served) -> None:
-    _, model, cfg = served
-    waves = [as_cached(voice(2.2, seed=5)), as_cached(noise(1.3, seed=6))]
-    per_fold = []
-    for fold in model.folds:
-        clips = WaveformClips({"t1": waves[0], "t2": waves[1]})
-        vectors, norms = embed_clips(fold.extractor, clips, ["t1", "t2"], cfg.embed, RATE)
-        emb = {
-            "vectors": np.concatenate([vectors, fold.cohort]),
-            "norms": np.concatenate([norms, np.ones(len(fold.cohort), np.float32)]),
-            "role": np.array(["test", "test"] + ["cohort"] * len(fold.cohort)),
-            "speaker": np.array(["", ""] + [f"s{i}" for i in range(len(fold.cohort))]),
-        }
-        pairs = pd.DataFrame({"audio_1": ["t1"], "audio_2": ["t2"]})
-        scored = score_pairs(emb, pairs, cfg.score.asnorm_top_k, {"t1": 0, "t2": 1})
-        per_fold.append(float(scored["asnorm"].iloc[0]))
-    assert model.score(voice(2.2, seed=5), noise(1.3, seed=6)) == pytest.approx(
-        np.mean(per_fold), abs=1e-4
+def test_batch_embeds_each_clip_once_and_answers_like_single_pairs(served, monkeypatch) -> None:
+    client, model = served
+    clips = {"a.wav": encode(voice(seed=1)), "b.wav": encode(noise(seed=2)), "c.flac": b"junk"}
+    clips["d.wav"] = encode(voice(1.2, freq=180.0, seed=3))
+    pairs = "audio_1,audio_2\na.wav,b.wav\na.wav,d.wav\nb.wav,d.wav\na.wav,c.flac\n"
+    seen: list[int] = []
+    original = model.first_level
+    monkeypatch.setattr(
+        model, "first_level", lambda c, n, p: seen.append(len(n)) or original(c, n, p)
     )
+    files = [("files", (name, data)) for name, data in clips.items()]
+    response = client.post("/api/predict_batch", files=files, data={"pairs": pairs})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert seen == [3]  # one pass over the three good clips for three pairs
+    assert [r["error"] is None for r in results] == [True, True, True, False]
+    assert "c.flac" in results[3]["error"] and results[3]["label"] is None
+    single = predict(client, clips["a.wav"], clips["d.wav"]).json()
+    assert results[1]["probability"] == pytest.approx(single["probability"], abs=1e-9)
+    as_json = client.post(
+        "/api/predict_batch", files=files, data={"pairs": '[["b.wav", "d.wav"]]'}
+    ).json()
+    assert as_json["results"][0]["probability"] == pytest.approx(results[2]["probability"])
+
+
+@pytest.mark.parametrize(
+    ("pairs", "status", "reason"),
+    [
+        ("audio_1,audio_2\na.wav,zzz.wav\n", 400, "not sent"),
+        ("first,second\na.wav,a.wav\n", 400, "audio_1,audio_2"),
+        ("[[1, 2, 3]]", 400, "two file names"),
+        ("audio_1,audio_2\n", 400, "no pairs"),
+    ],
+)
+def test_bad_batch_requests_are_refused(served, pairs: str, status: int, reason: str) -> None:
+    client, _ = served
+    files = [("files", ("a.wav", encode(voice())))]
+    response = client.post("/api/predict_batch", files=files, data={"pairs": pairs})
+    assert response.status_code == status, response.text
+    assert reason in response.json()["detail"]
+
+
+def test_health_answers_while_busy_and_a_full_queue_gets_503(model, monkeypatch) -> None:
+    gate = threading.Event()
+    original = model.answer
+
+    def held_answer(clips, pairs):
+        gate.wait(20)
+        return original(clips, pairs)
+
+    monkeypatch.setattr(model, "answer", held_answer)
+    limits = ServeConfig(max_pending=1)
+    with (
+        BackgroundServer(create_app(model, limits)) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        pending = pool.submit(predict, client, encode(voice()), encode(noise()))
+        deadline = time.monotonic() + 10
+        while client.get("/health").json()["pending"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started = time.perf_counter()
+        assert client.get("/health").json()["pending"] == 1
+        assert time.perf_counter() - started < 1.0  # not queued behind the model
+        refused = predict(client, encode(voice()), encode(noise()))
+        assert refused.status_code == 503 and "busy" in refused.json()["detail"]
+        gate.set()
+        assert pending.result().status_code == 200
 
 
 def test_upload_decodes_like_the_prepare_cache(tmp_path: Path) -> None:
@@ -209,64 +219,27 @@ def test_upload_decodes_like_the_prepare_cache(tmp_path: Path) -> None:
     path = tmp_path / "clip.flac"
     sf.write(path, stereo, 44100)
     source = SourceFile("test/clip.flac", "clip.flac", str(path), "test", "", "", "")
-    _, cached, _, error = _decode_job((source, DataConfig()))
+    _, cached, facts, error = _decode_job((source, DataConfig()))
     assert error == ""
     upload = decode_upload(path.read_bytes(), RATE, max_seconds=10.0)
     np.testing.assert_array_equal(as_cached(upload.samples), from_int16(cached))
+    assert upload.facts() | {"md5": facts["md5"]} == facts  # the metadata features' inputs
 
 
-def test_load_errors_name_the_missing_stage(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path)
-    with pytest.raises(FileNotFoundError, match="run the train/embed/score stages first"):
-        VerificationModel.load(cfg)
-    write_untrained_experiment(cfg, cohort_speakers=4, clips_per_speaker=1, test_pairs=10)
-    for missing in ("fold1/best.pt", "fold0/embeddings.npz", "test_scores.csv"):
-        path = cfg.experiment_dir / missing
-        if missing == "test_scores.csv":  # no OOF scores either: nothing to place a threshold
-            path.unlink()
-        else:
-            shutil.move(path, tmp_path / "aside")
-        with pytest.raises(FileNotFoundError, match=f"{Path(missing).name}.*run the train"):
-            VerificationModel.load(cfg)
-        if missing != "test_scores.csv":
-            shutil.move(tmp_path / "aside", path)
-
-
-def test_threshold_falls_back_to_the_oof_eer(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path)
-    cfg.experiment_dir.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1], 50)
-    scores = rng.normal(size=100) + 2 * labels
-    pd.DataFrame({"label": labels, "asnorm": scores}).to_csv(
-        cfg.experiment_dir / "oof_scores.csv", index=False
-    )
-    threshold = decision_threshold(cfg)
-    assert threshold.value == pytest.approx(equal_error_rate(scores, labels)[1])
-    assert "EER" in threshold.source
-
-
-def test_fold_independent_extractor_is_loaded_once(tmp_path: Path, monkeypatch) -> None:
-    cfg = tiny_config(tmp_path, "extractor.kind=resemblyzer", "folds.n_folds=3")
-    write_untrained_experiment(cfg, cohort_speakers=4, clips_per_speaker=1, test_pairs=10)
-
-    class Shared:
-        fold_independent = True
-        dim = cfg.model.embedding_dim
-        calls = 0
-
-        def embed(self, waves: np.ndarray) -> np.ndarray:
-            Shared.calls += 1
-            vectors = np.ones((len(waves), self.dim), np.float32)
-            vectors[:, 0] += waves.std(axis=1)
-            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-    built: list[int] = []
-    monkeypatch.setattr(
-        model_module, "build_extractor", lambda _cfg, fold: built.append(fold) or Shared()
-    )
-    model = VerificationModel.load(cfg)
-    assert built == [0]
-    assert len(model.folds) == 3
-    assert np.isfinite(model.score(voice(0.8), noise(0.8)))
-    assert Shared.calls == 1  # both clips are one window of the same length: one batch
+def test_answers_equal_the_pipeline_over_http(tiny_bundle, model) -> None:
+    """Every test pair, sent as its original files: the bundle stacker's probabilities that the
+    pipeline wrote beside its submission, and the same labels."""
+    expected = pd.read_csv(tiny_bundle.submission_scores_path)
+    folder = tiny_bundle.paths.input / tiny_bundle.data.test_dir
+    with (
+        BackgroundServer(create_app(model, ServeConfig())) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
+        answers = [
+            predict(client, (folder / a).read_bytes(), (folder / b).read_bytes(), b).json()
+            for a, b in zip(expected["audio_1"], expected["audio_2"], strict=True)
+        ]
+    got = np.array([a["probability"] for a in answers])
+    np.testing.assert_allclose(got, expected["bundle_probability"], atol=1e-6)
+    assert [a["label"] for a in answers] == expected["bundle_label"].tolist()
+    assert expected["bundle_probability"].nunique() > 2  # not a constant stacker

@@ -162,7 +162,7 @@ def test_stack_beats_a_single_noisy_score(tmp_path, caplog):
         assert (out / name).is_file()
     assert (out / "config.yaml").is_file() and (out / "adversarial.json").is_file()
     oof = pd.read_csv(out / "oof_predictions.csv")
-    assert list(oof.columns) == ["fold", "audio_1", "audio_2", "label", "prob"]
+    assert list(oof.columns) == ["fold", "audio_1", "audio_2", "label", "prob", "prob_bundle"]
     test = pd.read_csv(out / "test_predictions.csv")
     public = pd.read_csv(cfg.paths.input / "public-test.csv")
     assert test[["audio_1", "audio_2"]].equals(public)

@@ -147,21 +147,53 @@ def decode_audio(
     Clips longer than ``max_seconds`` are truncated (``truncated`` is set).
     """
     mono, info, truncated = read_mono(path, max_seconds)
-    samples = validated_resample(mono, int(info.samplerate), target_rate, min_seconds)
-    level = rms_dbfs(samples)
-    if silence_dbfs is not None and level < silence_dbfs:
-        raise AudioError(f"silent: RMS {level:.1f} dBFS below {silence_dbfs} dBFS")
+    clip = describe_clip(
+        mono, int(info.samplerate), int(info.channels), int(info.frames), target_rate,
+        min_seconds, truncated,
+    )  # fmt: skip
+    if silence_dbfs is not None and clip.rms_dbfs < silence_dbfs:
+        raise AudioError(f"silent: RMS {clip.rms_dbfs:.1f} dBFS below {silence_dbfs} dBFS")
+    return clip
+
+
+def describe_clip(
+    mono: np.ndarray,
+    source_rate: int,
+    source_channels: int,
+    source_frames: int,
+    target_rate: int,
+    min_seconds: float,
+    truncated: bool = False,
+) -> DecodedClip:
+    """Validate and resample decoded mono samples and measure them (files and uploads alike)."""
+    samples = validated_resample(mono, source_rate, target_rate, min_seconds)
     return DecodedClip(
         samples=samples,
         rate=target_rate,
-        source_rate=int(info.samplerate),
-        source_channels=int(info.channels),
-        source_frames=int(info.frames),
-        rms_dbfs=level,
+        source_rate=source_rate,
+        source_channels=source_channels,
+        source_frames=source_frames,
+        rms_dbfs=rms_dbfs(samples),
         peak=float(np.abs(samples).max()),
         snr_db=estimate_snr_db(samples, target_rate),
         truncated=truncated,
     )
+
+
+def clip_facts(clip: DecodedClip, n_bytes: int) -> dict[str, float | int | bool]:
+    """What the manifest records about a decoded file, rounded as it is stored there; the served
+    bundle's metadata features come from here too, so they equal the pipeline's."""
+    return {
+        "duration": round(clip.duration, 4),
+        "sample_rate": clip.source_rate,
+        "channels": clip.source_channels,
+        "frames": clip.source_frames,
+        "bytes": n_bytes,
+        "rms_dbfs": round(clip.rms_dbfs, 2),
+        "peak": round(clip.peak, 4),
+        "snr_db": round(clip.snr_db, 2),
+        "truncated": clip.truncated,
+    }
 
 
 def peak_normalise(samples: np.ndarray, peak: float = 0.95) -> np.ndarray:

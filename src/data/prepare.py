@@ -24,7 +24,14 @@ from typing import Any
 import pandas as pd
 
 from src.config import DataConfig, ExperimentConfig
-from src.data.audio import AudioError, decode_audio, file_md5, peak_normalise, to_int16
+from src.data.audio import (
+    AudioError,
+    clip_facts,
+    decode_audio,
+    file_md5,
+    peak_normalise,
+    to_int16,
+)
 from src.data.zalo import (
     DataLayoutError,
     SkippedFile,
@@ -67,18 +74,7 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
         return source, None, None, str(err)
     except Exception as err:  # any decoder failure becomes a skip with its reason
         return source, None, None, f"unexpected decoding error: {type(err).__name__}: {err}"
-    facts = {
-        "duration": round(clip.duration, 4),
-        "sample_rate": clip.source_rate,
-        "channels": clip.source_channels,
-        "frames": clip.source_frames,
-        "bytes": Path(source.path).stat().st_size,
-        "md5": file_md5(source.path),
-        "rms_dbfs": round(clip.rms_dbfs, 2),
-        "peak": round(clip.peak, 4),
-        "snr_db": round(clip.snr_db, 2),
-        "truncated": clip.truncated,
-    }
+    facts = clip_facts(clip, Path(source.path).stat().st_size) | {"md5": file_md5(source.path)}
     warning = ""
     if clip.rms_dbfs < cfg.silence_dbfs:
         warning = f"near-silent test file kept (RMS {clip.rms_dbfs:.1f} dBFS)"

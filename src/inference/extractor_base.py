@@ -37,6 +37,10 @@ class ModuleExtractor(EmbeddingExtractor):
         self.model, self.device, self.dim, self.fingerprint = model, device, dim, fingerprint
         self.fold_independent = fold_independent
 
+    def raw(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float32 embeddings before normalising, of a batch on ``device`` (gender heads)."""
+        return self.model(batch).float()
+
     @torch.inference_mode()
     def embed(self, waves: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)

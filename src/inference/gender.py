@@ -47,7 +47,7 @@ def male_probabilities(
     for batch in batches_by_length(windows, int(full.batch_seconds * sample_rate)):
         waves = np.stack([clips.samples(ids[w.clip])[: w.length] for w in batch])
         inputs = torch.from_numpy(waves).to(extractor.device)
-        logits = head.linear(extractor.model(inputs).float())  # (batch, 2): female, male
+        logits = head.linear(extractor.raw(inputs))  # (batch, 2): female, male
         male = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
         probabilities[[w.clip for w in batch]] = male
     return probabilities

@@ -84,17 +84,31 @@ def score_pairs(
         raise ValueError(f"{len(missing)} paired clip(s) have no embedding, e.g. {missing[:3]}")
     left = pairs["audio_1"].map(key).to_numpy()
     right = pairs["audio_2"].map(key).to_numpy()
-    vectors = emb["vectors"]
     is_cohort = emb["role"] == "cohort"
-    cohort = speaker_means(vectors[is_cohort], emb["speaker"][is_cohort])
+    cohort = speaker_means(emb["vectors"][is_cohort], emb["speaker"][is_cohort])
+    return pair_score_table(emb["vectors"], emb["norms"], cohort, top_k, left, right)
+
+
+def pair_score_table(
+    vectors: np.ndarray,
+    norms: np.ndarray,
+    cohort: np.ndarray,
+    top_k: int,
+    left: np.ndarray,
+    right: np.ndarray,
+) -> pd.DataFrame:
+    """The score stage's columns for pairs ``(left[i], right[i])`` of rows of ``vectors``.
+
+    ``cohort``: unit speaker means ``(speakers, dim)``; the served bundle scores with this too.
+    """
     stats = cohort_stats(vectors, cohort, top_k)
     raw = cosine_pairs(vectors, left, right)
     return pd.DataFrame(
         {
             "cosine": raw,
             "asnorm": asnorm(raw, stats, left, right).astype(np.float32),
-            "q_norm_1": emb["norms"][left],
-            "q_norm_2": emb["norms"][right],
+            "q_norm_1": norms[left],
+            "q_norm_2": norms[right],
             "q_cohort_1": stats[0][left].astype(np.float32),
             "q_cohort_2": stats[0][right].astype(np.float32),
         }
@@ -158,7 +172,7 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     metrics["oof_per_fold_eer"] = {
         int(k): summarise(g["asnorm"], g["label"])["eer"] for k, g in oof.groupby("fold")
     }
-    table = _test_table(pairs, test_parts, list(scored.columns)) if pairs is not None else None
+    table = test_score_table(pairs, test_parts) if pairs is not None else None
     if table is not None:
         metrics["test"] = _test_metrics(cfg, table)
     gender = gather_gender(cfg)
@@ -190,8 +204,11 @@ def gather_gender(cfg: ExperimentConfig) -> tuple[pd.DataFrame, pd.DataFrame] | 
     return gather_gender_tables(tables)
 
 
-def _test_table(pairs: pd.DataFrame, parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+def test_score_table(pairs: pd.DataFrame, parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """``test_scores.csv``: the pairs, each fold model's columns (``*_fold{k}``, in ``parts``)
+    and their fold means."""
     table = pd.concat([pairs.reset_index(drop=True), *parts], axis=1)
+    columns = [c.removesuffix("_fold0") for c in parts[0].columns]
     for column in columns:
         table[column] = table[[f"{column}_fold{k}" for k in range(len(parts))]].mean(axis=1)
     return table

@@ -83,10 +83,20 @@ class SpeakerEmbedder(nn.Module):
         self.embedding_dim = embedding_dim
         self.channels_last = channels_last
 
+    frames_axis = 2  # of the features: (batch, mels, frames)
+
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.embed_features(self.features(waveform))
+
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The front-end's ``(batch, mels, frames)`` (an ONNX export starts after it)."""
         features = self.front_end(waveform)
         if isinstance(self.front_end, KaldiFbank):
             features = features.transpose(1, 2)  # time-first fbank -> (batch, mels, frames)
+        return features
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``(batch, mels, frames)`` -> ``(batch, embedding_dim)``: all after the front-end."""
         features = self.specaugment(features)  # (batch, mels, frames)
         # front-end and pooling compute in float32; follow the weights if the model was cast
         dtype = self.embedding[0].weight.dtype
@@ -113,10 +123,20 @@ class EncoderEmbedder(nn.Module):
         self.encoder = encoder
         self.embedding_dim = encoder.embed_dim
 
+    frames_axis = 1  # of the features: (batch, frames, mels)
+
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.embed_features(self.features(waveform))
+
+    def features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The front-end's ``(batch, frames, mels)`` (an ONNX export starts after it)."""
         features = self.front_end(waveform)
         if isinstance(self.front_end, LogMel):
             features = features.transpose(1, 2)  # (batch, frames, mels)
+        return features
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``(batch, frames, mels)`` -> ``(batch, embed_dim)``: everything after the front-end."""
         masked = self.specaugment(features.transpose(1, 2)).transpose(1, 2)
         return self.encoder(masked.to(self.encoder.conv1.weight.dtype))
 

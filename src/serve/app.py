@@ -1,78 +1,143 @@
-"""The HTTP API: ``POST /api/predict`` (two audio files -> label and score), ``GET /health``.
+"""The HTTP API over an exported bundle: ``/api/predict``, ``/api/predict_batch``, ``/health``.
 
-``python -m src serve --config configs/X.yaml`` loads the experiment's fold ensemble once
-(:class:`~src.serve.model.VerificationModel`) and serves it with uvicorn on
-``serve.host:serve.port``.
+``python -m src serve --config configs/X.yaml`` loads the bundle ``serve.bundle`` (default: what
+``export`` wrote, ``<outputs>/bundle[-variant]``), checks it (see ``bundle.py``) and serves it with
+uvicorn on ``serve.host:serve.port``. It reads nothing else from ``outputs/``.
 
 ``POST /api/predict``: multipart form with files ``audio_1`` and ``audio_2`` (any format
-soundfile reads; mixed to mono, resampled to ``data.sample_rate``). Answers
-``{"label": 0 | 1, "score": float, "warnings": [str, ...]}``: ``score`` is the fold-mean AS-norm
-score, ``label`` is 1 (same speaker) when it reaches the model's threshold. A silent or
-near-silent clip (RMS below ``data.silence_dbfs``) is still scored, with a warning, as the
-pipeline scores silent test files. A bad upload gets a 4xx with ``{"detail": reason}`` (see
+soundfile reads; mixed to mono, resampled to the bundle's rate). Answers::
+
+    {"label": 0 | 1, "probability": float, "threshold": float,
+     "scores": {"<run>": {"asnorm": float, "cosine": float}, ...}, "warnings": [str, ...]}
+
+``probability`` is the bundle's stacker's (the fold mean of its fold stackers, as the pipeline
+computes it for a test pair); ``label`` is 1 (same speaker) at or above ``threshold``. A silent
+clip is still scored, with a warning. A bad upload gets a 4xx with ``{"detail": reason}`` (see
 :mod:`src.serve.uploads`; a missing field is FastAPI's 422) and the server keeps serving.
 
-Decoding and inference run in worker threads, so the event loop keeps answering other
-requests (``/health`` included) while a pair is scored; the model scores one pair at a time.
+``POST /api/predict_batch``: files ``files`` (several; each known by its file name) and a form
+field ``pairs``: CSV text with a header ``audio_1,audio_2`` or a JSON list of name pairs. Each
+clip is embedded once however many pairs name it. A file that cannot be decoded costs the pairs
+that name it (their ``error`` says why), not the batch.
+
+Model work (decoding included) runs on one worker thread, off the event loop, so ``/health``
+answers while the model is busy; at most ``serve.max_pending`` requests wait for it, more get 503.
 
 Example
 -------
 >>> curl -F audio_1=@a.wav -F audio_2=@b.flac http://127.0.0.1:8000/api/predict  # doctest: +SKIP
-{"label":1,"score":3.41,"warnings":[]}
+{"label":1,"probability":0.93,"threshold":0.47,"scores":{...},"warnings":[]}
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import io
+import json
 import logging
 import socket
 import threading
 import time
-from typing import Annotated
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any
 
+import pandas as pd
 import uvicorn
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from src.config import ExperimentConfig
-from src.serve.model import VerificationModel
-from src.serve.uploads import UploadError, decode_upload
+from src.config import ExperimentConfig, ServeConfig
+
+from .ensemble import BundleModel, Clip
+from .uploads import UploadError, decode_upload
 
 log = logging.getLogger(__name__)
 
-MULTIPART_SLACK_BYTES = 1 << 20  # form boundaries and headers around the two files
+MULTIPART_SLACK_BYTES = 1 << 20  # form boundaries, headers and the pair list around the files
 
 
 class Prediction(BaseModel):
     label: int
-    score: float
+    probability: float
+    threshold: float
+    scores: dict[str, dict[str, float]]
+    warnings: list[str] = []
+
+
+class PairPrediction(BaseModel):
+    audio_1: str
+    audio_2: str
+    label: int | None = None
+    probability: float | None = None
+    scores: dict[str, dict[str, float]] = {}
+    error: str | None = None
+
+
+class BatchPrediction(BaseModel):
+    threshold: float
+    results: list[PairPrediction]
     warnings: list[str] = []
 
 
 class Health(BaseModel):
     status: str
-    experiment: str
+    bundle: str
+    created: str
+    runs: list[str]
     folds: int
+    runtime: str
     threshold: float
     threshold_source: str
+    oof_eer: float | None
+    pending: int
+    warnings: list[str]
 
 
-def create_app(model: VerificationModel, cfg: ExperimentConfig) -> FastAPI:
-    """A FastAPI app serving ``model`` with the upload limits of ``cfg.serve``."""
-    max_file_bytes = int(cfg.serve.max_upload_mb * 2**20)
-    max_body_bytes = 2 * max_file_bytes + MULTIPART_SLACK_BYTES
+class ModelQueue:
+    """One worker thread for model work, and a bound on the requests waiting for it."""
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        self.pending = 0  # changed on the event loop only
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.pending >= self.max_pending:
+            raise HTTPException(
+                503, detail=f"busy: {self.pending} requests are waiting for the model; retry"
+            )
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, functools.partial(function, *args))
+        finally:
+            self.pending -= 1
+
+
+def create_app(model: BundleModel, serve: ServeConfig) -> FastAPI:
+    """A FastAPI app serving ``model`` with the limits of ``serve``."""
+    max_file_bytes = int(serve.max_upload_mb * 2**20)
+    pair_body = 2 * max_file_bytes + MULTIPART_SLACK_BYTES
+    batch_body = serve.max_batch_files * max_file_bytes + MULTIPART_SLACK_BYTES
+    data = model.stack_cfg.data
+    # a clip the pipeline would truncate is refused instead: the answer would differ
+    max_seconds = min(serve.max_seconds, data.max_duration)
+    queue = ModelQueue(serve.max_pending)
     app = FastAPI(
         title="Speaker verification",
         description="Do two utterances come from the same speaker?",
-        version="1.0",
+        version="2.0",
     )
 
-    too_large = f"request too large: each file may be at most {cfg.serve.max_upload_mb:g} MB"
-    app.add_middleware(ContentLengthLimit, max_bytes=max_body_bytes, detail=too_large)
+    too_large = f"request too large: each file may be at most {serve.max_upload_mb:g} MB"
+    limits = {"/api/predict": pair_body, "/api/predict_batch": batch_body}
+    app.add_middleware(ContentLengthLimit, limits=limits, detail=too_large)
 
     @app.exception_handler(StarletteHTTPException)
     async def explain_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -81,20 +146,89 @@ def create_app(model: VerificationModel, cfg: ExperimentConfig) -> FastAPI:
             detail = too_large
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
+    def decode(field: str, payload: bytes) -> tuple[Clip, list[str]]:
+        """One upload as a clip (UploadError names ``field``), and its warnings."""
+        try:
+            upload = decode_upload(
+                payload, model.sample_rate, max_seconds, data.min_duration, max_file_bytes
+            )
+        except UploadError as err:
+            raise UploadError(err.status, f"{field}: {err}") from None
+        warnings = []
+        if upload.rms_dbfs < data.silence_dbfs:
+            warnings.append(
+                f"{field} is silent or nearly (RMS {upload.rms_dbfs:.1f} dBFS < "
+                f"{data.silence_dbfs:g} dBFS): the score is unreliable"
+            )
+        return Clip(upload.samples, upload.facts()), warnings
+
+    def score_pair(uploads: dict[str, bytes]) -> Prediction:
+        started = time.perf_counter()
+        clips, warnings = {}, []
+        for field, payload in uploads.items():
+            clips[field], said = decode(field, payload)
+            warnings += said
+        pairs = pd.DataFrame({"audio_1": ["audio_1"], "audio_2": ["audio_2"]})
+        row = model.answer(clips, pairs).iloc[0]
+        log.debug("scored a pair in %.3f s", time.perf_counter() - started)
+        return Prediction(
+            label=int(row["label"]),
+            probability=float(row["probability"]),
+            threshold=model.threshold,
+            scores=run_scores(model, row),
+            warnings=warnings,
+        )
+
+    def score_batch(uploads: dict[str, bytes], pairs: pd.DataFrame) -> BatchPrediction:
+        clips, warnings, errors = {}, [], {}
+        for name, payload in uploads.items():
+            try:
+                clips[name], said = decode(name, payload)
+                warnings += said
+            except UploadError as err:
+                errors[name] = str(err)
+        bad = pairs["audio_1"].isin(errors) | pairs["audio_2"].isin(errors)
+        answered = model.answer(clips, pairs[~bad]) if (~bad).any() else pairs.iloc[:0]
+        results, rows = [], iter(answered.to_dict("records"))
+        for a, b, failed in zip(pairs["audio_1"], pairs["audio_2"], bad, strict=True):
+            if failed:
+                reason = "; ".join(errors[n] for n in dict.fromkeys((a, b)) if n in errors)
+                results.append(PairPrediction(audio_1=a, audio_2=b, error=reason))
+                continue
+            row = next(rows)
+            results.append(
+                PairPrediction(
+                    audio_1=a,
+                    audio_2=b,
+                    label=int(row["label"]),
+                    probability=float(row["probability"]),
+                    scores=run_scores(model, row),
+                )
+            )
+        return BatchPrediction(threshold=model.threshold, results=results, warnings=warnings)
+
     @app.get("/health")
     async def health() -> Health:
+        manifest = model.manifest
+        oof = (manifest.get("oof") or {}).get("bundle_stacker") or {}
         return Health(
             status="ok",
-            experiment=model.experiment,
-            folds=len(model.folds),
-            threshold=model.threshold.value,
-            threshold_source=model.threshold.source,
+            bundle=str(model.root),
+            created=str(manifest.get("created")),
+            runs=[r.name for r in model.runs],
+            folds=max(len(r.folds) for r in model.runs),
+            runtime=model.runtime,
+            threshold=model.threshold,
+            threshold_source=str(manifest["threshold"]["source"]),
+            oof_eer=oof.get("eer"),
+            pending=queue.pending,
+            warnings=model.warnings,
         )
 
     @app.post(
         "/api/predict",
-        max_body_size=max_body_bytes,  # counts streamed bodies without a Content-Length
-        responses={400: {}, 413: {}, 415: {}},
+        max_body_size=pair_body,  # counts streamed bodies without a Content-Length
+        responses={400: {}, 413: {}, 415: {}, 503: {}},
     )
     async def predict(
         audio_1: Annotated[UploadFile, File(description="first utterance")],
@@ -102,7 +236,7 @@ def create_app(model: VerificationModel, cfg: ExperimentConfig) -> FastAPI:
     ) -> Prediction:
         uploads = {"audio_1": await audio_1.read(), "audio_2": await audio_2.read()}
         try:
-            return await run_in_threadpool(score_uploads, model, cfg, uploads, max_file_bytes)
+            return await queue.run(score_pair, uploads)
         except UploadError as err:
             log.info("rejected upload (%d): %s", err.status, err)
             raise HTTPException(err.status, detail=str(err)) from None
@@ -110,56 +244,99 @@ def create_app(model: VerificationModel, cfg: ExperimentConfig) -> FastAPI:
             log.warning("could not score a pair: %s", err)
             raise HTTPException(422, detail=str(err)) from None
 
+    @app.post(
+        "/api/predict_batch",
+        max_body_size=batch_body,
+        responses={400: {}, 413: {}, 503: {}},
+    )
+    async def predict_batch(
+        files: Annotated[list[UploadFile], File(description="clips, known by file name")],
+        pairs: Annotated[str, Form(description="CSV audio_1,audio_2 or JSON [[a, b], ...]")],
+    ) -> BatchPrediction:
+        if len(files) > serve.max_batch_files:
+            raise HTTPException(
+                413, detail=f"too many files: {len(files)} > {serve.max_batch_files}"
+            )
+        uploads: dict[str, bytes] = {}
+        for upload in files:
+            name = upload.filename or ""
+            if not name or name in uploads:
+                raise HTTPException(400, detail=f"file names must be unique and given: {name!r}")
+            uploads[name] = await upload.read()
+        table = parse_pairs(pairs, set(uploads), serve.max_batch_pairs)
+        try:
+            return await queue.run(score_batch, uploads, table)
+        except ValueError as err:
+            log.warning("could not score a batch: %s", err)
+            raise HTTPException(422, detail=str(err)) from None
+
     return app
 
 
-class ContentLengthLimit:
-    """Answer 413 with a JSON reason, before reading the body, when Content-Length is too large."""
+def run_scores(model: BundleModel, row: Any) -> dict[str, dict[str, float]]:
+    """Each run's fold-mean first-level scores of an answered pair."""
+    return {
+        run.name: {s: float(row[f"{run.name}__{s}"]) for s in ("asnorm", "cosine")}
+        for run in model.runs
+    }
 
-    def __init__(self, app: ASGIApp, max_bytes: int, detail: str) -> None:
-        self.app, self.max_bytes, self.detail = app, max_bytes, detail
+
+def parse_pairs(text: str, names: set[str], max_pairs: int) -> pd.DataFrame:
+    """The ``pairs`` field of a batch: CSV with ``audio_1,audio_2`` or a JSON list of pairs.
+
+    Raises a 400 HTTPException for unreadable text, a pair naming a file not sent, or none.
+    """
+    try:
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+            if not all(isinstance(r, list) and len(r) == 2 for r in rows):
+                raise ValueError("each JSON pair must be a list of two file names")
+            table = pd.DataFrame(rows, columns=["audio_1", "audio_2"], dtype=str)
+        else:
+            table = pd.read_csv(io.StringIO(text), dtype=str)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise HTTPException(400, detail=f"pairs: not a CSV or JSON pair list ({err})") from None
+    if not {"audio_1", "audio_2"} <= set(table.columns):
+        raise HTTPException(400, detail="pairs: the CSV needs the columns audio_1,audio_2")
+    table = table[["audio_1", "audio_2"]]
+    if table.empty:
+        raise HTTPException(400, detail="pairs: no pairs")
+    if len(table) > max_pairs:
+        raise HTTPException(413, detail=f"pairs: {len(table)} > {max_pairs} in one request")
+    unknown = sorted((set(table["audio_1"]) | set(table["audio_2"])) - names)
+    if unknown:
+        raise HTTPException(400, detail=f"pairs name files that were not sent: {unknown[:5]}")
+    return table.reset_index(drop=True)
+
+
+class ContentLengthLimit:
+    """Answer 413 with a JSON reason, before reading the body, when Content-Length is larger
+    than the limit of the request's path."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], detail: str) -> None:
+        self.app, self.limits, self.detail = app, limits, detail
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            limit = self.limits.get(scope.get("path", ""), max(self.limits.values()))
             length = Headers(scope=scope).get("content-length", "")
-            if length.isdigit() and int(length) > self.max_bytes:
+            if length.isdigit() and int(length) > limit:
                 response = JSONResponse({"detail": self.detail}, status_code=413)
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
 
-def score_uploads(
-    model: VerificationModel, cfg: ExperimentConfig, uploads: dict[str, bytes], max_bytes: int
-) -> Prediction:
-    """Decode both uploads and score them (runs in a worker thread)."""
-    started = time.perf_counter()
-    waves, warnings = [], []
-    for field, data in uploads.items():
-        try:
-            clip = decode_upload(
-                data, cfg.data.sample_rate, cfg.serve.max_seconds, cfg.data.min_duration, max_bytes
-            )
-        except UploadError as err:
-            raise UploadError(err.status, f"{field}: {err}") from None
-        if clip.rms_dbfs < cfg.data.silence_dbfs:
-            warnings.append(
-                f"{field} is silent or nearly (RMS {clip.rms_dbfs:.1f} dBFS < "
-                f"{cfg.data.silence_dbfs:g} dBFS): the score is unreliable"
-            )
-        waves.append(clip.samples)
-    label, score = model.predict(waves[0], waves[1])
-    log.debug("scored a pair in %.3f s: %.4f -> %d", time.perf_counter() - started, score, label)
-    return Prediction(label=label, score=score, warnings=warnings)
-
-
 def serve_stage(cfg: ExperimentConfig) -> None:
-    """CLI entry: load the ensemble, then serve it until interrupted."""
-    model = VerificationModel.load(cfg)
-    app = create_app(model, cfg)
+    """CLI entry: load the bundle ``serve.bundle`` (default: ``export``'s), then serve it."""
+    model = BundleModel.load(cfg.served_bundle, cfg.serve.runtime)
+    app = create_app(model, cfg.serve)
     host, port = cfg.serve.host, cfg.serve.port
     shown = f"[{host}]" if ":" in host else host
     log.info(
-        "serving %s at http://%s:%d (POST /api/predict, GET /health)", model.experiment, shown, port
+        "serving %s at http://%s:%d (POST /api/predict, /api/predict_batch; GET /health)",
+        model.root,
+        shown,
+        port,
     )
     # log_config=None: uvicorn's records go through our timestamped root handler
     uvicorn.run(app, host=host, port=port, log_config=None, log_level="info")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from src.data.audio import AudioError, rms_dbfs, validated_resample
+from src.data.audio import AudioError, DecodedClip, clip_facts, describe_clip
 
 
 class UploadError(ValueError):
@@ -46,18 +46,28 @@ class UploadError(ValueError):
 
 @dataclass(frozen=True)
 class DecodedUpload:
-    """Mono float32 samples at ``rate`` and facts about the uploaded file."""
+    """A decoded upload (:class:`DecodedClip`: mono float32 at ``rate``, with what ``prepare``
+    measures of a file) and the uploaded file's format and size."""
 
-    samples: np.ndarray  # (samples,) float32 in [-1, 1]
-    rate: int
-    source_rate: int
-    source_channels: int
+    clip: DecodedClip
     source_format: str
-    rms_dbfs: float
+    n_bytes: int
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.clip.samples
+
+    @property
+    def rms_dbfs(self) -> float:
+        return self.clip.rms_dbfs
 
     @property
     def duration(self) -> float:
-        return self.samples.size / self.rate
+        return self.clip.duration
+
+    def facts(self) -> dict[str, float | int | bool]:
+        """The manifest's facts about this file (pair metadata features come from them)."""
+        return clip_facts(self.clip, self.n_bytes)
 
 
 def decode_upload(
@@ -98,17 +108,12 @@ def decode_upload(
         raise UploadError(400, f"too long: more than {max_seconds:g} s")
     mono = frames.mean(axis=1, dtype=np.float32)  # (samples,)
     try:
-        samples = validated_resample(mono, int(rate), target_rate, min_seconds)
+        clip = describe_clip(
+            mono, int(rate), int(info.channels), int(info.frames), target_rate, min_seconds
+        )
     except AudioError as err:
         raise UploadError(400, str(err)) from None
-    return DecodedUpload(
-        samples=samples,
-        rate=target_rate,
-        source_rate=int(rate),
-        source_channels=int(info.channels),
-        source_format=str(info.format),
-        rms_dbfs=rms_dbfs(samples),
-    )
+    return DecodedUpload(clip, str(info.format), len(data))
 
 
 def _reason(err: Exception) -> str:

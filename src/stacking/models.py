@@ -17,9 +17,11 @@ Example
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -53,6 +55,63 @@ class PairModel:
         if self.kind == "lightgbm":
             return self.estimator.feature_importance("gain", iteration=self.rounds)
         return np.abs(self.estimator[-1].coef_.ravel())
+
+    def to_text(self) -> str:
+        """The fitted model as text (no pickle): LightGBM's model format, or the logistic
+        model's imputer medians, scaler and coefficients as JSON."""
+        if self.kind == "lightgbm":
+            return self.estimator.model_to_string(num_iteration=self.rounds)
+        imputer, scaler, logistic = self.estimator
+        return json.dumps(
+            {
+                "kind": "logistic",
+                # an all-missing column is imputed with 0 (keep_empty_features)
+                "medians": np.nan_to_num(imputer.statistics_, nan=0.0).tolist(),
+                "mean": scaler.mean_.tolist(),
+                "scale": scaler.scale_.tolist(),
+                "coef": logistic.coef_.ravel().tolist(),
+                "intercept": float(logistic.intercept_[0]),
+            }
+        )
+
+
+class LinearPairModel:
+    """A logistic stacker read back from :meth:`PairModel.to_text`: impute, standardise, sigmoid."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.medians = np.asarray(params["medians"], dtype=np.float64)
+        self.mean = np.asarray(params["mean"], dtype=np.float64)
+        self.scale = np.asarray(params["scale"], dtype=np.float64)
+        self.coef = np.asarray(params["coef"], dtype=np.float64)
+        self.intercept = float(params["intercept"])
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        x = np.where(np.isnan(features), self.medians, features)
+        logit = ((x - self.mean) / self.scale) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-logit))
+
+
+class BoosterPairModel:
+    """A LightGBM stacker read back from its model text (every saved round is used)."""
+
+    def __init__(self, text: str) -> None:
+        self.booster = lgb.Booster(model_str=text)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.booster.predict(features)
+
+
+def load_pair_model(path: Path) -> LinearPairModel | BoosterPairModel:
+    """A stacker written by :meth:`PairModel.to_text` (``.json``: logistic, ``.txt``: LightGBM)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return LinearPairModel(json.loads(text))
+    return BoosterPairModel(text)
+
+
+def pair_model_suffix(kind: str) -> str:
+    """File extension of a saved stacker of ``kind``."""
+    return ".txt" if kind == "lightgbm" else ".json"
 
 
 # rows of training data per LightGBM thread when the config says 0 ("auto"). On tens of

@@ -20,6 +20,7 @@ Outputs (``<outputs>/stack/``): ``oof_predictions.csv``, ``test_predictions.csv`
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from .inputs import (
     test_gender_by_name,
     test_gender_view,
 )
-from .models import fit_pair_model
+from .models import PairModel, fit_pair_model, pair_model_suffix
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class CrossFit:
     importance: pd.DataFrame  # feature x fold{k}
     splits: list[FoldSplit]
     rounds: list[int]
+    models: list[PairModel] = field(default_factory=list)  # one per split, in split order
 
 
 @dataclass
@@ -144,7 +146,7 @@ def cross_fit(
     x = features.to_numpy(dtype=np.float64)
     oof = np.full(labels.size, np.nan)
     test_sum = None
-    importance, rounds = {}, []
+    importance, rounds, models = {}, [], []
     splits = plan_folds([int(f) for f in np.unique(folds)])
     for split in splits:
         fit, valid = _fit_rows(split, folds, seed)
@@ -158,6 +160,7 @@ def cross_fit(
         test_sum = test_pred if test_sum is None else test_sum + test_pred
         importance[f"fold{split.fold}"] = model.importance()
         rounds.append(model.rounds)
+        models.append(model)
         log.info(
             "fold %d: trained on folds %s, %d rounds", split.fold, split.train_folds, model.rounds
         )
@@ -167,6 +170,7 @@ def cross_fit(
         importance=pd.DataFrame(importance, index=features.columns),
         splits=splits,
         rounds=rounds,
+        models=models,
     )
 
 
@@ -210,19 +214,34 @@ def _metadata(experiments: list[ExperimentScores], manifest: pd.DataFrame) -> Me
         gender_oof, gender_tables = None, [None]
     reference = experiments[0]
     oof = metadata_features(reference.oof, audio_table(manifest), gender_oof, "OOF audio ids")
+    test = test_metadata_views(reference.test, gender_tables, manifest, reference.folds)
+    return Metadata(oof, test)
+
+
+def test_metadata_views(
+    pairs: pd.DataFrame,
+    gender_tables: list[pd.DataFrame | None],
+    manifest: pd.DataFrame,
+    folds: list[int],
+) -> dict[int, pd.DataFrame]:
+    """Metadata features of test ``pairs`` (file names) as each fold's stacker sees them, and
+    the fold-mean view (``MEAN_VIEW``); the served bundle computes its pairs' features here too.
+
+    ``gender_tables``: each experiment's ``gender_test.csv`` table (``None`` without a head).
+    """
     test_table = audio_table(manifest, split="test", key="name")
-    test_base = metadata_features(reference.test, test_table, None, "test file names")
+    test_base = metadata_features(pairs, test_table, None, "test file names")
     views = {}
-    for fold in [*reference.folds, MEAN_VIEW]:
+    for fold in [*folds, MEAN_VIEW]:
         gender = mean_gender(test_gender_view(gender_tables, None if fold < 0 else fold))
         if gender is None:
             views[fold] = test_base
             continue
         gender_features = pair_gender_features(
-            reference.test, test_gender_by_name(gender, manifest), "test file names"
+            pairs, test_gender_by_name(gender, manifest), "test file names"
         )
         views[fold] = pd.concat([test_base, gender_features], axis=1)
-    return Metadata(oof, views)
+    return views
 
 
 def _optional_metadata(
@@ -247,13 +266,25 @@ def test_views(
     test pairs (``stack.test_scores=per_fold``), or the fold-mean view for every fold (``mean``).
     """
     tests = {e.name: e.test for e in group}
-    folds = group[0].folds
-    if cfg.stack.test_scores == "per_fold":
+    return feature_views(
+        tests, None if meta is None else meta.test, group[0].folds, cfg.stack.test_scores
+    )
+
+
+def feature_views(
+    tests: dict[str, pd.DataFrame],
+    meta_test: dict[int, pd.DataFrame] | None,
+    folds: list[int],
+    mode: str,
+) -> dict[int, pd.DataFrame]:
+    """Per-fold test feature tables from score tables shaped like ``test_scores.csv`` and
+    :func:`test_metadata_views` (the pipeline's test pairs, or the pairs a server was sent)."""
+    if mode == "per_fold":
         return {
-            f: feature_table(tests, None if meta is None else meta.test[f], f"_fold{f}")
+            f: feature_table(tests, None if meta_test is None else meta_test[f], f"_fold{f}")
             for f in folds
         }
-    mean_view = feature_table(tests, None if meta is None else meta.test[MEAN_VIEW])
+    mean_view = feature_table(tests, None if meta_test is None else meta_test[MEAN_VIEW])
     return dict.fromkeys(folds, mean_view)
 
 
@@ -422,18 +453,30 @@ def run_stack(
     kind = "gain" if cfg.stack.model == "lightgbm" else "abs_standardised_coef"
     importances = _importance_table(fits, kind)
     metrics = _metrics(experiments, oof, fits, cfg)
+    labels = oof["label"].to_numpy()
+    bundle = fits
     if graphs is not None:  # what the graph features changed, measured out of fold
-        plain = [_stack_group(g, used_meta, cfg) for g in groups]
-        oof["prob_without_graph"] = combine([f.oof for f in plain], how)
-        test["prob_without_graph"] = combine([f.test for f in plain], how)
-        labels = oof["label"].to_numpy()
+        bundle = {
+            name: _stack_group(g, used_meta, cfg) for name, g in zip(fits, groups, strict=True)
+        }
+        oof["prob_without_graph"] = combine([f.oof for f in bundle.values()], how)
+        test["prob_without_graph"] = combine([f.test for f in bundle.values()], how)
         metrics["without_graph"] = summarise(oof["prob_without_graph"].to_numpy(), labels)
         metrics["graph_adversarial_auc"] = graph_group_aucs(graphs, reference, cfg)
+    # the stacker an exported bundle serves: no trial-graph features (a single pair has no
+    # graph), probabilities averaged (a rank needs the whole test set)
+    bundle_how = "probability" if how == "rank" else how
+    oof["prob_bundle"] = combine([f.oof for f in bundle.values()], bundle_how)
+    test["prob_bundle"] = combine([f.test for f in bundle.values()], bundle_how)
+    metrics["bundle_stacker"] = summarise(oof["prob_bundle"].to_numpy(), labels)
+    stacker = bundle_stacker_files(bundle, groups, bundle_how, cfg)
     write_csv(out_dir / "oof_predictions.csv", oof)
     write_csv(out_dir / "test_predictions.csv", test)
     write_csv(out_dir / "importances.csv", importances)
     write_json(out_dir / "metrics.json", metrics)
     write_text(out_dir / "config.yaml", config_to_yaml(cfg))
+    for name, text in stacker.items():  # the description last: it names the model files
+        write_text(out_dir / STACKER_DIR / name, text)
     if meta is not None:
         pairs = (reference.oof, reference.test)
         # one model's view of test, as each OOF row has one model's: a fold mean would differ
@@ -448,8 +491,50 @@ def run_stack(
     return StackResult(oof, test, importances, metrics, {k: f.splits for k, f in fits.items()})
 
 
+STACKER_DIR = "stacker"
+STACKER_FILE = "stacker.json"
+
+
+def bundle_stacker_files(
+    fits: dict[str, CrossFit], groups: list[list[ExperimentScores]], how: str, cfg: ExperimentConfig
+) -> dict[str, str]:
+    """The bundle's stacker as files (name -> text): each group's fold models, then
+    ``stacker.json`` saying which experiments, feature columns and folds each group uses."""
+    files: dict[str, str] = {}
+    described = []
+    for index, (fit, group) in enumerate(zip(fits.values(), groups, strict=True)):
+        names = []
+        for split, model in zip(fit.splits, fit.models, strict=True):
+            name = f"group{index}_fold{split.fold}{pair_model_suffix(model.kind)}"
+            files[name] = model.to_text()
+            names.append(name)
+        described.append(
+            {
+                "experiments": [e.name for e in group],
+                "columns": list(fit.importance.index),
+                "folds": [split.fold for split in fit.splits],
+                "models": names,
+            }
+        )
+    description = {
+        "model": cfg.stack.model,
+        "average": how,
+        "test_scores": cfg.stack.test_scores,
+        "use_metadata": cfg.stack.use_metadata,
+        "groups": described,
+    }
+    files[STACKER_FILE] = json.dumps(description, indent=2) + "\n"
+    return files
+
+
 STACK_INPUTS = ("oof_scores.csv", "test_scores.csv", "gender_oof.csv", "gender_test.csv")
-STACK_OUTPUTS = ("oof_predictions.csv", "test_predictions.csv", "importances.csv", "metrics.json")
+STACK_OUTPUTS = (
+    "oof_predictions.csv",
+    "test_predictions.csv",
+    "importances.csv",
+    "metrics.json",
+    f"{STACKER_DIR}/{STACKER_FILE}",
+)
 
 
 def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:

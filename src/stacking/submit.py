@@ -228,6 +228,41 @@ def apply_transitive(
     return out
 
 
+BUNDLE_COLUMN = "prob_bundle"  # the stack's column with the exported bundle's probabilities
+
+
+def bundle_threshold(
+    policy: str,
+    positive_share: float,
+    test_probs: np.ndarray,
+    oof_probs: np.ndarray,
+    oof_labels: np.ndarray,
+) -> float:
+    """The threshold an exported bundle labels with: ``policy`` applied to its own stacker's
+    test (balanced) or OOF probabilities; a pair is same-speaker at or above it."""
+    return apply_policy(policy, test_probs, oof_probs, oof_labels, positive_share)[1]
+
+
+def with_bundle_answers(
+    table: pd.DataFrame, source: ScoreSource, policy: str, positive_share: float
+) -> pd.DataFrame:
+    """Add what the exported bundle answers for each test pair (``bundle_probability``,
+    ``bundle_label``): the API, sent these pairs, must give the same."""
+    oof = source.oof
+    if BUNDLE_COLUMN not in source.test.columns or oof is None or BUNDLE_COLUMN not in oof:
+        log.info("stack predictions without %s (an older stack): no bundle columns", BUNDLE_COLUMN)
+        return table
+    probs = source.test[BUNDLE_COLUMN].to_numpy(np.float64)
+    threshold = bundle_threshold(
+        policy,
+        positive_share,
+        probs,
+        oof[BUNDLE_COLUMN].to_numpy(np.float64),
+        oof["label"].to_numpy(),
+    )
+    return table.assign(bundle_probability=probs, bundle_label=(probs >= threshold).astype(int))
+
+
 def label_known_copies(table: pd.DataFrame, copies: pd.DataFrame) -> pd.DataFrame:
     """Label pairs whose two files are copies of training files by those files' speakers.
 
@@ -313,6 +348,8 @@ def submit_stage(cfg: ExperimentConfig) -> None:
     table, threshold = build_submission(
         source, expected, cfg.submit.policy, cfg.submit.positive_share
     )
+    if cfg.submit.source == "stack":
+        table = with_bundle_answers(table, source, cfg.submit.policy, cfg.submit.positive_share)
     if cfg.submit.source == "stack" and cfg.submit.transitive != "off":
         table = apply_transitive(cfg, table, expected, source.oof)
     if cfg.data.test_train_copies == "use_identity":

@@ -76,6 +76,11 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
         np.savez(handle, **arrays)
 
 
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array)
+
+
 def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Let ``writer`` fill a temporary path (e.g. ``torch.save``), then rename it into place."""
     with atomic_path(path) as tmp:

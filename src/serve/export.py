@@ -1,0 +1,305 @@
+"""The export stage: the stacked ensemble as one self-contained bundle (see ``bundle.py``).
+
+``python -m src export --config configs/X.yaml`` packs, for the stack of ``cfg.stacked_runs``:
+
+- every run's fold models (``best.pt`` without optimiser state) and AS-norm cohorts, its resolved
+  config, and the weight files a frozen extractor reads (copied in, paths rewritten);
+- the stacker the bundle serves: trained without trial-graph features, which a single pair
+  does not have (the stack stage fits it beside the graph stacker and writes its OOF and test
+  probabilities as ``prob_bundle``);
+- the threshold of ``submit.policy`` on that stacker's probabilities, the OOF figures it was
+  measured at, package versions, and the sha256 of every file (``manifest.json``);
+- with ``export.onnx``, each trained CNN fold model after its front-end as ONNX, checked against
+  torch (the largest difference is in the manifest).
+
+The bundle is built in a staging folder and moved into place whole; an unchanged stack and
+unchanged fold models reuse the existing bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from src.config import ExperimentConfig, config_from_dict, config_to_yaml
+from src.inference.embed import load_embeddings
+from src.inference.score import speaker_means
+from src.stacking.inputs import read_csv
+from src.stacking.stack import STACKER_DIR, STACKER_FILE
+from src.stacking.submit import BUNDLE_COLUMN, bundle_threshold
+from src.training.checkpoint import load_checkpoint, save_checkpoint
+from src.util.io import write_json, write_npy, write_text
+from src.util.stage_cache import files_fingerprint, fingerprint
+
+from .bundle import (
+    EXPERIMENTS,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    STACK,
+    BundleError,
+    checksums,
+    package_versions,
+    read_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEYS = ("model", "config", "gender")  # what serving a fold model reads
+RUN_FIRST = "run the stack stage (and the first-level stages of every stacked run) first"
+
+
+def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
+    """Write ``cfg.bundle_dir``; returns it. Reused when its sources are unchanged."""
+    stacker = read_stacker(cfg.stack_dir)
+    runs = sorted({name for group in stacker["groups"] for name in group["experiments"]})
+    configs = {name: run_config(cfg, name) for name in runs}
+    sources = source_files(cfg, configs)
+    stamp = fingerprint(cfg.export.model_dump(mode="json"), files_fingerprint(sources))
+    out = cfg.bundle_dir
+    if not force and bundle_stamp(out) == stamp:
+        log.info("export: unchanged, reusing %s", out)
+        return out
+    started = time.perf_counter()
+    staging = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        experiments = {name: pack_run(cfg, run, staging) for name, run in configs.items()}
+        pack_stack(cfg, stacker, staging)
+        manifest = describe(cfg, stacker, configs, experiments, staging) | {"source": stamp}
+        write_json(staging / MANIFEST, manifest)
+        replace_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    log.info(
+        "export: %s (%d runs, %.1f MB, threshold %.4f) in %.1f s",
+        out,
+        len(runs),
+        size / 2**20,
+        manifest["threshold"]["value"],
+        time.perf_counter() - started,
+    )
+    return out
+
+
+def read_stacker(stack_dir: Path) -> dict[str, Any]:
+    path = stack_dir / STACKER_DIR / STACKER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {RUN_FIRST}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
+    """The resolved config a stacked run was scored with (``<outputs>/<run>/config.yaml``)."""
+    path = cfg.paths.outputs / name / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run the first-level stages (train, embed, score) of {name} "
+            "again; they save the run's config there (cached stages finish in seconds)"
+        )
+    run = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    if run.data.sample_rate != cfg.data.sample_rate:
+        raise BundleError(
+            f"{name} works at {run.data.sample_rate} Hz, the stack's config at "
+            f"{cfg.data.sample_rate} Hz: one bundle decodes every upload at one rate"
+        )
+    return run
+
+
+def source_files(cfg: ExperimentConfig, configs: dict[str, ExperimentConfig]) -> list[Path]:
+    """Every file the bundle is made from (its fingerprint decides whether to export again)."""
+    stack = cfg.stack_dir
+    files = [stack / "config.yaml", stack / "metrics.json", *(stack / STACKER_DIR).glob("*")]
+    files += [stack / "oof_predictions.csv", stack / "test_predictions.csv"]
+    for run in configs.values():
+        files.append(run.experiment_dir / "config.yaml")
+        for k in range(run.folds.n_folds):
+            files += [run.fold_dir(k) / "best.pt", run.fold_dir(k) / "embeddings.npz"]
+        files += list(extra_files(run).values())
+    return files
+
+
+def extra_files(run: ExperimentConfig) -> dict[str, Path]:
+    """Weight files a frozen extractor reads, by the config key that names them."""
+    if run.extractor.kind == "pretrained" and run.model.weights is not None:
+        return {"model.weights": Path(run.model.weights)}
+    if run.extractor.kind == "onnx" and run.extractor.path is not None:
+        return {"extractor.path": Path(run.extractor.path)}
+    return {}
+
+
+def pack_run(cfg: ExperimentConfig, run: ExperimentConfig, root: Path) -> dict[str, Any]:
+    """Copy one run's fold models, cohorts and weight files; returns what the manifest says."""
+    target = root / EXPERIMENTS / run.run_name
+    settings = run.model_dump(mode="json")
+    for key, path in extra_files(run).items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{run.run_name}: {key} {path} not found")
+        inside = Path(EXPERIMENTS) / run.run_name / "files" / path.name
+        (root / inside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, root / inside)
+        section, name = key.split(".")
+        settings[section][name] = inside.as_posix()  # resolved against the bundle on load
+    onnx_diffs: dict[int, float] = {}
+    for k in range(run.folds.n_folds):
+        fold = target / f"fold{k}"
+        write_npy(fold / "cohort.npy", cohort_means(run.fold_dir(k) / "embeddings.npz", k))
+        if run.extractor.kind == "cnn":
+            state = load_checkpoint(run.fold_dir(k) / "best.pt")
+            save_checkpoint(
+                fold / "best.pt", {key: state[key] for key in CHECKPOINT_KEYS if key in state}
+            )
+            if cfg.export.onnx:
+                diff = export_onnx(run, fold, cfg.export.opset)
+                if diff is not None:
+                    onnx_diffs[k] = diff
+    write_text(target / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
+    return {
+        "kind": run.extractor.kind,
+        "architecture": run.model.architecture,
+        "folds": run.folds.n_folds,
+        "onnx_folds": sorted(onnx_diffs),
+        "onnx_max_abs_diff": max(onnx_diffs.values()) if onnx_diffs else None,
+        "asnorm_top_k": run.score.asnorm_top_k,
+    }
+
+
+def cohort_means(path: Path, fold: int) -> np.ndarray:
+    """Unit speaker means of the ``cohort`` rows of a fold's embeddings, as the score stage."""
+    if not path.is_file():
+        raise FileNotFoundError(f"fold {fold}: embeddings {path} not found: {RUN_FIRST}")
+    emb = load_embeddings(path)
+    is_cohort = emb["role"] == "cohort"
+    if not is_cohort.any():
+        raise ValueError(f"{path}: no cohort rows to normalise scores with; rerun the embed stage")
+    return speaker_means(emb["vectors"][is_cohort], emb["speaker"][is_cohort])
+
+
+def export_onnx(run: ExperimentConfig, fold_dir: Path, opset: int) -> float | None:
+    """``fold_dir/model.onnx`` from the fold model there; ``None`` when it cannot be split."""
+    from src.inference.extractors import load_cnn_extractor
+
+    from .onnx_models import can_export, export_fold_onnx
+
+    extractor = load_cnn_extractor(fold_dir / "best.pt", "cpu")
+    if not can_export(extractor.model):
+        log.info("%s: %s is served in torch (no ONNX form)", fold_dir, run.model.architecture)
+        return None
+    diff = export_fold_onnx(extractor.model, fold_dir / "model.onnx", run.data.sample_rate, opset)
+    log.info("%s/model.onnx: largest difference from torch %.2e", fold_dir, diff)
+    return diff
+
+
+def pack_stack(cfg: ExperimentConfig, stacker: dict[str, Any], root: Path) -> None:
+    """The stacking config and the bundle's stacker files."""
+    write_text(root / STACK / "config.yaml", config_to_yaml(cfg))
+    source = cfg.stack_dir / STACKER_DIR
+    for name in [STACKER_FILE, *(m for g in stacker["groups"] for m in g["models"])]:
+        if not (source / name).is_file():
+            raise FileNotFoundError(f"{source / name} not found: {RUN_FIRST}")
+        (root / STACK / STACKER_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, root / STACK / STACKER_DIR / name)
+
+
+def decision(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The bundle's threshold: ``submit.policy`` on its own stacker's probabilities."""
+    test = read_csv(cfg.stack_dir / "test_predictions.csv", [BUNDLE_COLUMN], "stack predictions")
+    oof = read_csv(cfg.stack_dir / "oof_predictions.csv", ["label", BUNDLE_COLUMN], "stack OOF")
+    policy, share = cfg.submit.policy, cfg.submit.positive_share
+    value = bundle_threshold(
+        policy,
+        share,
+        test[BUNDLE_COLUMN].to_numpy(np.float64),
+        oof[BUNDLE_COLUMN].to_numpy(np.float64),
+        oof["label"].to_numpy(),
+    )
+    where = f"{len(test)} test pairs" if policy == "balanced" else f"{len(oof)} OOF trials"
+    return {
+        "value": value,
+        "policy": policy,
+        "positive_share": share,
+        "source": f"{policy} policy on the bundle stacker's probabilities of {where}",
+    }
+
+
+def describe(
+    cfg: ExperimentConfig,
+    stacker: dict[str, Any],
+    configs: dict[str, ExperimentConfig],
+    experiments: dict[str, dict[str, Any]],
+    root: Path,
+) -> dict[str, Any]:
+    """The manifest (without its ``source`` stamp): what the bundle holds and was measured at."""
+    metrics = json.loads((cfg.stack_dir / "metrics.json").read_text(encoding="utf-8"))
+    requires = sorted(
+        {"resemblyzer" for run in configs.values() if needs_resemblyzer(run)}
+        | ({"onnxruntime"} if any(e["onnx_folds"] for e in experiments.values()) else set())
+    )
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": cfg.run_name,
+        "variant": cfg.variant,
+        "sample_rate": cfg.data.sample_rate,
+        "experiments": experiments,
+        "stacker": {k: stacker[k] for k in ("model", "average", "test_scores", "use_metadata")},
+        "threshold": decision(cfg),
+        "oof": {
+            "bundle_stacker": metrics.get("bundle_stacker"),
+            "stack": metrics.get("stack"),
+            "stack_graph_features": cfg.stack.graph_features,
+            "experiments": {
+                name: figures.get("asnorm") for name, figures in metrics["experiments"].items()
+            },
+        },
+        "versions": package_versions(),
+        "requires": requires,
+        "files": checksums(root),
+    }
+
+
+def needs_resemblyzer(run: ExperimentConfig) -> bool:
+    """Whether serving the run imports the resemblyzer wheel (its encoder or its weights)."""
+    kind = run.extractor.kind
+    return kind == "resemblyzer" or (
+        kind == "pretrained" and run.model.architecture == "ge2e" and run.model.weights is None
+    )
+
+
+def bundle_stamp(out: Path) -> str | None:
+    """The source fingerprint of the bundle at ``out`` (``None``: none, or unreadable)."""
+    try:
+        return read_manifest(out).get("source")
+    except BundleError:
+        return None
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Move ``staging`` to ``out``; an existing ``out`` is set aside first, removed after."""
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def bundle_config(root: Path, name: str) -> ExperimentConfig:
+    """A run's config inside a bundle, its paths pointed into the bundle."""
+    settings = yaml.safe_load((root / EXPERIMENTS / name / "config.yaml").read_text("utf-8"))
+    settings["paths"]["outputs"] = str(root / EXPERIMENTS)
+    for section, key in (("model", "weights"), ("extractor", "path")):
+        value = settings[section].get(key)
+        if value is not None and not Path(value).is_absolute():
+            settings[section][key] = str(root / value)
+    return config_from_dict(settings)
