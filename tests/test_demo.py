@@ -12,7 +12,16 @@ import soundfile as sf
 import soxr
 from scipy.fft import dct
 
-from src.data.demo import MAX_SECONDS, MIN_SECONDS, SAMPLE_RATES, generate_demo, main, make_trials
+from src.data.demo import (
+    MAX_SECONDS,
+    MIN_SECONDS,
+    PROFILES,
+    SAMPLE_RATES,
+    generate_demo,
+    main,
+    make_trials,
+    sample_trials,
+)
 
 SMALL = {"n_speakers": 6, "clips_per_speaker": 4, "n_test_speakers": 4, "test_clips_per_speaker": 3}
 FOLDER = re.compile(r"^(\d+)-([MF])-(\d+|NA)$")
@@ -109,6 +118,40 @@ def test_make_trials_balances_larger_sets() -> None:
     check_pairs(labels, meta)
     uses = pd.concat([labels["audio_1"], labels["audio_2"]]).value_counts()
     assert uses.max() - uses.min() <= 2
+
+
+def test_sample_trials_draws_balanced_distinct_pairs() -> None:
+    """The sampler for Zalo-sized tests: half same-speaker, half different (half of those
+    same-gender), no pair twice, no clip with itself."""
+    rng = np.random.default_rng(4)
+    speakers = np.repeat(np.arange(40), 10)
+    meta = pd.DataFrame(
+        {
+            "file": [f"f{i:04d}.wav" for i in range(speakers.size)],
+            "speaker": speakers,
+            "gender": np.where(speakers % 2, "F", "M"),
+        }
+    )
+    trials = sample_trials(rng, meta, 3000)
+    assert len(trials) == 3000 and trials["label"].mean() == 0.5
+    check_pairs(trials, meta)
+    gender = dict(zip(meta["file"], meta["gender"], strict=True))
+    negatives = trials[trials["label"] == 0]
+    same_gender = (negatives["audio_1"].map(gender) == negatives["audio_2"].map(gender)).mean()
+    assert same_gender == 0.5
+    with pytest.raises(ValueError, match="same-speaker pairs"):
+        sample_trials(rng, meta, 40 * 45 * 2 + 2)
+
+
+def test_zalo_profile_and_parallel_synthesis_write_the_same_bytes(tmp_path: Path) -> None:
+    tiny = {"n_speakers": 2, "clips_per_speaker": 2, "n_test_speakers": 2}
+    serial = generate_demo(tmp_path / "one", profile="zalo", n_pairs=4, **tiny)
+    parallel = generate_demo(tmp_path / "two", profile="zalo", n_pairs=4, workers=2, **tiny)
+    assert serial == parallel and serial["trials"] == 4
+    assert all_files(tmp_path / "one") == all_files(tmp_path / "two")
+    zalo = PROFILES["zalo"]
+    meta = pd.read_csv(tmp_path / "one" / "public-test-meta.csv")
+    assert meta["duration"].between(zalo.min_seconds, zalo.max_seconds).all()
 
 
 def test_same_seed_same_bytes_other_seed_differs(demo: tuple[Path, dict], tmp_path: Path) -> None:

@@ -62,6 +62,25 @@ STEREO_SHARE = 0.05
 MIN_SECONDS, MAX_SECONDS = 0.5, 8.0
 MEDIAN_SECONDS, LOG_SPREAD = 1.9, 0.6  # log-normal clip length: most clips are short
 
+
+@dataclass(frozen=True)
+class Profile:
+    """Clip lengths (log-normal, clipped) and sample-rate shares of a generated data set."""
+
+    median_seconds: float
+    log_spread: float
+    min_seconds: float
+    max_seconds: float
+    rate_shares: tuple[float, float, float]  # of SAMPLE_RATES
+
+
+PROFILES = {
+    # the demo: short clips, a third of them at 16 kHz
+    "demo": Profile(MEDIAN_SECONDS, LOG_SPREAD, MIN_SECONDS, MAX_SECONDS, SAMPLE_RATE_SHARES),
+    # the Zalo 2020 data: 0.43-63 s, median about 2.2 s, mostly 44.1/48 kHz phone recordings
+    "zalo": Profile(2.2, 0.75, 0.43, 63.0, (0.05, 0.55, 0.40)),
+}
+
 # F1-F3 (Hz) of eight vowels of an adult male voice, after Hillenbrand et al. (1995).
 VOWEL_FORMANTS = np.array(
     [
@@ -196,9 +215,9 @@ def make_speakers(seed: int, voice_stream: int, first_id: int, count: int) -> li
     return speakers
 
 
-def make_session(rng: np.random.Generator) -> Session:
+def make_session(rng: np.random.Generator, profile: Profile = PROFILES["demo"]) -> Session:
     """Draw recording conditions: rate, channel, room, noise and loudness."""
-    sample_rate = int(rng.choice(SAMPLE_RATES, p=SAMPLE_RATE_SHARES))
+    sample_rate = int(rng.choice(SAMPLE_RATES, p=profile.rate_shares))
     n_peaks = int(rng.integers(1, 3))
     peaks = tuple(
         (float(np.exp(rng.uniform(np.log(250), np.log(4000)))), rng.uniform(-4, 4), 1.0)
@@ -218,10 +237,10 @@ def make_session(rng: np.random.Generator) -> Session:
     )
 
 
-def clip_seconds(rng: np.random.Generator) -> float:
-    """Log-normal clip length in [0.5, 8] s, rounded to whole 10 ms frames."""
-    seconds = np.exp(rng.normal(np.log(MEDIAN_SECONDS), LOG_SPREAD))
-    return round(float(np.clip(seconds, MIN_SECONDS, MAX_SECONDS)), 2)
+def clip_seconds(rng: np.random.Generator, profile: Profile = PROFILES["demo"]) -> float:
+    """Log-normal clip length (demo: in [0.5, 8] s), rounded to whole 10 ms frames."""
+    seconds = np.exp(rng.normal(np.log(profile.median_seconds), profile.log_spread))
+    return round(float(np.clip(seconds, profile.min_seconds, profile.max_seconds)), 2)
 
 
 def clip_counts(rng: np.random.Generator, n_speakers: int, mean: int) -> np.ndarray:
@@ -473,11 +492,15 @@ def record(rng: np.random.Generator, speech: np.ndarray, session: Session) -> np
 
 
 def write_clip(
-    path: Path, speaker: Speaker, clip_rng: np.random.Generator, session_rng: np.random.Generator
+    path: Path,
+    speaker: Speaker,
+    clip_rng: np.random.Generator,
+    session_rng: np.random.Generator,
+    profile: Profile = PROFILES["demo"],
 ) -> float:
     """Synthesise, record and write one clip; return its duration in seconds."""
-    session = make_session(session_rng)
-    speech = synthesise(clip_rng, speaker.voice, clip_seconds(clip_rng))
+    session = make_session(session_rng, profile)
+    speech = synthesise(clip_rng, speaker.voice, clip_seconds(clip_rng, profile))
     audio = record(session_rng, speech, session)
     buffer = io.BytesIO()  # soundfile syncs files to disk on close; one write is faster
     sf.write(buffer, audio, session.sample_rate, subtype="PCM_16", format="WAV")
@@ -490,19 +513,70 @@ def write_clip(
 # Layout: train folders, public test, trials
 
 
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to write: where, whose voice, and the keys of its two random streams."""
+
+    path: Path
+    speaker: Speaker
+    seed: int
+    clip_stream: int
+    session_stream: int
+    index: int
+    clip: int
+    profile: Profile
+
+
+def run_clip_job(job: ClipJob) -> float:
+    """Write one clip (in any process: its draws depend on its keys alone); its seconds."""
+    clip_rng = stream(job.seed, job.clip_stream, job.index, job.clip)
+    session_rng = stream(job.seed, job.session_stream, job.index, job.clip)
+    return write_clip(job.path, job.speaker, clip_rng, session_rng, job.profile)
+
+
+def run_clip_jobs(jobs: list[ClipJob], workers: int, progress: tqdm) -> list[float]:
+    """Every job's seconds, in order; ``workers`` > 1 spreads them over processes (same bytes)."""
+    if workers <= 1:
+        seconds = []
+        for job in jobs:
+            seconds.append(run_clip_job(job))
+            progress.update()
+        return seconds
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        seconds = []
+        for value in pool.map(run_clip_job, jobs, chunksize=16):
+            seconds.append(value)
+            progress.update()
+        return seconds
+
+
 def write_train(
-    folder: Path, speakers: list[Speaker], counts: np.ndarray, seed: int, progress: tqdm
+    folder: Path,
+    speakers: list[Speaker],
+    counts: np.ndarray,
+    seed: int,
+    progress: tqdm,
+    profile: Profile = PROFILES["demo"],
+    workers: int = 1,
 ) -> float:
     """Write ``train/<id>-<gender>-<age>/<id>-<n>.wav``; return the total seconds of audio."""
-    total = 0.0
-    for index, (speaker, count) in enumerate(zip(speakers, counts, strict=True)):
-        for clip in range(count):
-            path = folder / speaker.folder / f"{speaker.speaker_id}-{clip + 1}.wav"
-            clip_rng = stream(seed, STREAM_TRAIN_CLIP, index, clip)
-            session_rng = stream(seed, STREAM_TRAIN_SESSION, index, clip)
-            total += write_clip(path, speaker, clip_rng, session_rng)
-            progress.update()
-    return total
+    jobs = [
+        ClipJob(
+            folder / speaker.folder / f"{speaker.speaker_id}-{clip + 1}.wav",
+            speaker,
+            seed,
+            STREAM_TRAIN_CLIP,
+            STREAM_TRAIN_SESSION,
+            index,
+            clip,
+            profile,
+        )
+        for index, (speaker, count) in enumerate(zip(speakers, counts, strict=True))
+        for clip in range(count)
+    ]
+    return float(sum(run_clip_jobs(jobs, workers, progress)))
 
 
 def random_names(rng: np.random.Generator, count: int, length: int = 20) -> list[str]:
@@ -518,19 +592,35 @@ def random_names(rng: np.random.Generator, count: int, length: int = 20) -> list
 
 
 def write_test(
-    folder: Path, speakers: list[Speaker], clips: int, seed: int, progress: tqdm
+    folder: Path,
+    speakers: list[Speaker],
+    clips: int,
+    seed: int,
+    progress: tqdm,
+    profile: Profile = PROFILES["demo"],
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Write ``public-test/<name>.wav``; return meta rows (file, speaker, gender, duration)."""
     names = random_names(stream(seed, STREAM_LAYOUT, LAYOUT_TEST_NAMES), len(speakers) * clips)
-    rows = []
-    for index, speaker in enumerate(speakers):
-        for clip in range(clips):
-            name = names[index * clips + clip]
-            clip_rng = stream(seed, STREAM_TEST_CLIP, index, clip)
-            session_rng = stream(seed, STREAM_TEST_SESSION, index, clip)
-            seconds = write_clip(folder / name, speaker, clip_rng, session_rng)
-            rows.append((name, speaker.speaker_id, speaker.gender, round(seconds, 4)))
-            progress.update()
+    jobs = [
+        ClipJob(
+            folder / names[index * clips + clip],
+            speaker,
+            seed,
+            STREAM_TEST_CLIP,
+            STREAM_TEST_SESSION,
+            index,
+            clip,
+            profile,
+        )
+        for index, speaker in enumerate(speakers)
+        for clip in range(clips)
+    ]
+    seconds = run_clip_jobs(jobs, workers, progress)
+    rows = [
+        (job.path.name, job.speaker.speaker_id, job.speaker.gender, round(value, 4))
+        for job, value in zip(jobs, seconds, strict=True)
+    ]
     meta = pd.DataFrame(rows, columns=["file", "speaker", "gender", "duration"])
     return meta.sort_values("file", ignore_index=True)
 
@@ -587,6 +677,74 @@ def make_trials(rng: np.random.Generator, meta: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+SMALL_TEST = 2000  # test files up to which sample_trials lists every candidate pair
+
+
+def sample_trials(rng: np.random.Generator, meta: pd.DataFrame, n_pairs: int) -> pd.DataFrame:
+    """``n_pairs`` trials, half same-speaker (drawn from all same-speaker pairs), half not
+    (random different-speaker pairs, half of them same-gender), shuffled; for test sets too
+    large to list every pair (Zalo's 2,789 files in 50,000 pairs). Same columns and rules as
+    :func:`make_trials`."""
+    files, speaker = meta["file"].to_numpy(), meta["speaker"].to_numpy()
+    gender = meta["gender"].to_numpy()
+    groups = [np.flatnonzero(speaker == s) for s in np.unique(speaker)]
+    same = np.concatenate(
+        [g[np.stack(np.triu_indices(g.size, k=1)).T] for g in groups if g.size > 1]
+    )
+    n_positive = n_pairs // 2
+    if same.shape[0] < n_positive:
+        raise ValueError(f"only {same.shape[0]} same-speaker pairs for {n_positive} positives")
+    positives = same[rng.choice(same.shape[0], n_positive, replace=False)]
+    wanted = n_pairs - n_positive
+    negatives = sample_negatives(rng, speaker, gender, wanted)
+    chosen = np.concatenate([positives, negatives])
+    labels = np.concatenate([np.ones(n_positive, int), np.zeros(wanted, int)])
+    order = rng.permutation(n_pairs)
+    chosen, labels = chosen[order], labels[order]
+    swap = rng.random(n_pairs) < 0.5
+    left = np.where(swap, chosen[:, 1], chosen[:, 0])
+    right = np.where(swap, chosen[:, 0], chosen[:, 1])
+    return pd.DataFrame({"audio_1": files[left], "audio_2": files[right], "label": labels})
+
+
+def sample_negatives(
+    rng: np.random.Generator, speaker: np.ndarray, gender: np.ndarray, count: int
+) -> np.ndarray:
+    """``count`` distinct different-speaker index pairs ``(i < j)``, half of them same-gender
+    when the set has both genders (as many as exist, on a small set)."""
+    n = speaker.size
+    if n <= SMALL_TEST:  # list every candidate
+        first, second = np.triu_indices(n, k=1)
+        other = speaker[first] != speaker[second]
+        first, second = first[other], second[other]
+        if first.size < count:
+            raise ValueError(f"only {first.size} different-speaker pairs for {count} negatives")
+        same = gender[first] == gender[second]
+        n_same = min(count // 2, int(same.sum()))
+        n_same = max(n_same, count - int((~same).sum()))
+        rows = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(same), n_same, replace=False),
+                rng.choice(np.flatnonzero(~same), count - n_same, replace=False),
+            ]
+        )
+        return np.stack([first[rows], second[rows]], axis=1)
+    both = np.unique(gender).size > 1
+    parts = []
+    for same_gender, wanted in ((True, count // 2 if both else count), (False, count - count // 2)):
+        if not both and not same_gender:
+            continue
+        found = np.empty((0, 2), dtype=np.int64)
+        while found.shape[0] < wanted:  # rejection sampling: millions of candidates
+            draw = np.sort(rng.integers(0, n, size=(4 * wanted, 2)), axis=1)
+            keep = (speaker[draw[:, 0]] != speaker[draw[:, 1]]) & (
+                (gender[draw[:, 0]] == gender[draw[:, 1]]) == same_gender
+            )
+            found = np.unique(np.concatenate([found, draw[keep]]), axis=0)
+        parts.append(found[rng.permutation(found.shape[0])[:wanted]])
+    return np.concatenate(parts)
+
+
 # --------------------------------------------------------------------------------------------
 # Entry points
 
@@ -632,13 +790,20 @@ def generate_demo(
     test_clips_per_speaker: int = 6,
     seed: int = 0,
     overwrite: bool = False,
+    profile: str = "demo",
+    n_pairs: int | None = None,
+    workers: int = 1,
 ) -> dict[str, int | float]:
     """Write a demo data set in the Zalo layout under ``root`` and return its counts.
 
     Training speakers get ``clips_per_speaker`` +- a third clips (same total); test speakers
     are other people, ``test_clips_per_speaker`` clips each. The same ``seed`` writes the
-    same bytes. Raises ``FileExistsError`` if ``root`` already holds a data set and not
-    ``overwrite``.
+    same bytes, whatever ``workers``. Raises ``FileExistsError`` if ``root`` already holds a
+    data set and not ``overwrite``.
+
+    ``profile`` picks clip lengths and sample rates (:data:`PROFILES`: ``demo``, or ``zalo`` for
+    the real data's spread); ``n_pairs`` samples that many trials instead of listing every
+    same-speaker pair (a Zalo-sized test); ``workers`` processes synthesise clips in parallel.
     """
     check_arguments(n_speakers, clips_per_speaker, n_test_speakers, test_clips_per_speaker, seed)
     root = Path(root)
@@ -648,10 +813,18 @@ def generate_demo(
     test = make_speakers(seed, STREAM_TEST_VOICE, n_speakers + 1, n_test_speakers)
     counts = clip_counts(stream(seed, STREAM_LAYOUT, LAYOUT_COUNTS), n_speakers, clips_per_speaker)
     total = int(counts.sum()) + n_test_speakers * test_clips_per_speaker
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
+    shape = PROFILES[profile]
     with tqdm(total=total, desc="demo clips", unit="clip", disable=None) as progress:
-        train_seconds = write_train(root / "train", train, counts, seed, progress)
-        meta = write_test(root / "public-test", test, test_clips_per_speaker, seed, progress)
-    trials = make_trials(stream(seed, STREAM_PAIRS), meta)
+        train_seconds = write_train(root / "train", train, counts, seed, progress, shape, workers)
+        meta = write_test(
+            root / "public-test", test, test_clips_per_speaker, seed, progress, shape, workers
+        )
+    pair_rng = stream(seed, STREAM_PAIRS)
+    trials = (
+        make_trials(pair_rng, meta) if n_pairs is None else sample_trials(pair_rng, meta, n_pairs)
+    )
     write_csv(root / "public-test.csv", trials[["audio_1", "audio_2"]])
     write_csv(root / "public-test-labels.csv", trials)
     write_csv(root / "public-test-meta.csv", meta)
@@ -679,6 +852,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-speakers", type=int, default=12)
     parser.add_argument("--test-clips", type=int, default=6, help="clips per test speaker")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier data set")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="demo")
+    parser.add_argument("--pairs", type=int, default=None, help="sample this many trials")
+    parser.add_argument("--workers", type=int, default=1, help="synthesis processes")
     args = parser.parse_args(argv)
     setup_logging()
     try:
@@ -690,6 +866,9 @@ def main(argv: list[str] | None = None) -> None:
             test_clips_per_speaker=args.test_clips,
             seed=args.seed,
             overwrite=args.overwrite,
+            profile=args.profile,
+            n_pairs=args.pairs,
+            workers=args.workers,
         )
     except (FileExistsError, ValueError) as err:
         parser.error(str(err))  # exits with status 2

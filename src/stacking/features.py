@@ -31,6 +31,9 @@ PER_FOLD = re.compile(r"_fold\d+$")
 # manifest columns that become pair features when present
 META_COLUMNS = ("duration", "bytes", "frames", "sample_rate", "channels", "rms_dbfs", "snr_db")
 LOG_FLOOR = 1e-3
+# quality columns with a point mass: a one-window clip's norm is exactly 1 up to float noise
+# (0.99999994, 1.0000001), and a stacker must not split on that noise; decimals kept
+ROUNDED = {"q_norm": 5}
 
 
 class MissingIdError(KeyError):
@@ -175,7 +178,10 @@ def score_features(scores: pd.DataFrame, experiment: str, suffix: str = "") -> p
     out = {f"{experiment}__{c}": _column(scores, c, suffix) for c in SCORE_COLUMNS}
     sided, single = q_column_groups(list(scores.columns))
     for base, (left, right) in sided.items():
-        spread = _spread(base, _column(scores, left, suffix), _column(scores, right, suffix))
+        x, y = _column(scores, left, suffix), _column(scores, right, suffix)
+        if base in ROUNDED:
+            x, y = np.round(x, ROUNDED[base]), np.round(y, ROUNDED[base])
+        spread = _spread(base, x, y)
         out |= {f"{experiment}__{k}": v for k, v in spread.items()}
     for name in single:
         out[f"{experiment}__{name}"] = _column(scores, name, suffix)

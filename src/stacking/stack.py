@@ -14,8 +14,13 @@ Recipe
 5. Several experiments: one stacker over all of them (``stack.average=none``), or one stacker
    per experiment whose predictions are averaged as probabilities or as normalised ranks.
 
+6. The bundle's stacker: the same recipe without trial-graph features (a single served pair has
+   no graph; with ``stack.graph_features`` off it is the stacker itself), probabilities averaged.
+   Its predictions are the ``prob_bundle`` columns; ``stacker/`` holds its fold models as text.
+
 Outputs (``<outputs>/stack/``): ``oof_predictions.csv``, ``test_predictions.csv``,
-``importances.csv``, ``metrics.json``, ``config.yaml``, ``adversarial.csv``/``.json``.
+``importances.csv``, ``metrics.json``, ``config.yaml``, ``adversarial.csv``/``.json``,
+``stacker/`` (``stacker.json`` and one model file per group and fold, read by ``export``).
 """
 
 from __future__ import annotations
