@@ -64,7 +64,9 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     runs = sorted({name for group in stacker["groups"] for name in group["experiments"]})
     configs = {name: run_config(cfg, name) for name in runs}
     sources = source_files(cfg, configs)
-    stamp = fingerprint(cfg.export.model_dump(mode="json"), files_fingerprint(sources))
+    stamp = fingerprint(
+        FORMAT_VERSION, cfg.export.model_dump(mode="json"), files_fingerprint(sources)
+    )
     out = cfg.bundle_dir
     if not force and bundle_stamp(out) == stamp:
         log.info("export: unchanged, reusing %s", out)
