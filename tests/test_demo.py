@@ -102,16 +102,21 @@ def check_pairs(labels: pd.DataFrame, meta: pd.DataFrame) -> None:
     assert 0 < same_gender.mean() < 1
 
 
-def test_make_trials_balances_larger_sets() -> None:
-    rng = np.random.default_rng(3)
-    speakers = np.repeat(np.arange(10), 5)
-    meta = pd.DataFrame(
+def meta_table(speakers: int, clips: int) -> pd.DataFrame:
+    """``public-test-meta.csv`` rows: ``clips`` files per speaker, genders alternating."""
+    ids = np.repeat(np.arange(speakers), clips)
+    return pd.DataFrame(
         {
-            "file": [f"f{i:03d}.wav" for i in range(speakers.size)],
-            "speaker": speakers,
-            "gender": np.where(speakers % 2, "F", "M"),
+            "file": [f"f{i:04d}.wav" for i in range(ids.size)],
+            "speaker": ids,
+            "gender": np.where(ids % 2, "F", "M"),
         }
     )
+
+
+def test_make_trials_balances_larger_sets() -> None:
+    rng = np.random.default_rng(3)
+    meta = meta_table(speakers=10, clips=5)
     labels = make_trials(rng, meta)
     assert len(labels) == 2 * 10 * 10  # 10 pairs within each of 10 speakers, as many negatives
     assert labels["label"].mean() == 0.5
@@ -124,14 +129,7 @@ def test_sample_trials_draws_balanced_distinct_pairs() -> None:
     """The sampler for Zalo-sized tests: half same-speaker, half different (half of those
     same-gender), no pair twice, no clip with itself."""
     rng = np.random.default_rng(4)
-    speakers = np.repeat(np.arange(40), 10)
-    meta = pd.DataFrame(
-        {
-            "file": [f"f{i:04d}.wav" for i in range(speakers.size)],
-            "speaker": speakers,
-            "gender": np.where(speakers % 2, "F", "M"),
-        }
-    )
+    meta = meta_table(speakers=40, clips=10)
     trials = sample_trials(rng, meta, 3000)
     assert len(trials) == 3000 and trials["label"].mean() == 0.5
     check_pairs(trials, meta)
