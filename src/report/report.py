@@ -48,6 +48,9 @@ class Source:
     test_pairs: pd.DataFrame | None = None  # audio_1, audio_2 of ``test``
 
 
+BUNDLE_SOURCE = "stack/served bundle"
+
+
 def collect_sources(cfg: ExperimentConfig) -> dict[str, Source]:
     """Every first-level score of the stacked experiments, and the stack if it has run."""
     outputs = cfg.paths.outputs
@@ -81,6 +84,14 @@ def collect_sources(cfg: ExperimentConfig) -> dict[str, Source]:
             test["prob"].to_numpy() if test is not None else None,
             test[PAIR_KEYS] if test is not None else None,
         )
+        served = "prob_bundle"  # the stacker the exported bundle serves (no graph features)
+        if served in oof and served != "prob" and (test is None or served in test):
+            sources[BUNDLE_SOURCE] = Source(
+                BUNDLE_SOURCE,
+                oof[["fold", *PAIR_KEYS, "label"]].assign(score=oof[served]),
+                test[served].to_numpy() if test is not None else None,
+                test[PAIR_KEYS] if test is not None else None,
+            )
     if not sources:
         raise FileNotFoundError(f"nothing to report under {outputs}: run `score` or `stack` first")
     return sources
