@@ -27,7 +27,7 @@ def test_report_writes_its_files(tmp_path):
         assert (out / name).stat().st_size > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["main_source"] == "stack" and metrics["test_labels"]
-    assert set(metrics["sources"]) == {"cnn/cosine", "cnn/asnorm", "stack"}
+    assert set(metrics["sources"]) == {"cnn/cosine", "cnn/asnorm", "stack", "stack/served bundle"}
     for entry in metrics["sources"].values():
         assert set(entry["policies"]) == {"balanced", "oof_accuracy", "eer"}
         assert 0.5 < entry["policies"]["balanced"]["test_accuracy"] <= 1.0
