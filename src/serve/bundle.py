@@ -65,7 +65,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest of the bundle at ``root``; a missing or unreadable one is a BundleError."""
     path = root / MANIFEST
     if not root.is_dir():
-        raise BundleError(f"no bundle at {root}: run the export stage first ({EXPORT_AGAIN})")
+        raise BundleError(
+            f"no bundle at {root}: run the export stage first "
+            "(python -m src export --config ..., or bash run.sh)"
+        )
     if not path.is_file():
         raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing; {EXPORT_AGAIN}")
     try:
