@@ -104,12 +104,16 @@ def two_hop(
     n = sims.shape[0]
     m = min(candidates, n - 1)
     near = (nearest(sims, m) if near is None else near)[:, :m]  # (n, m)
-    floor = sims[np.arange(n), near[:, -1]]
+    top = np.take_along_axis(sims, near, axis=1)  # (n, m): S[a, near[a]], read by rows
+    floor = top[:, -1]
     out = np.empty(left.size, dtype=np.float64)
     for start in range(0, left.size, CHUNK):
         a, b = left[start : start + CHUNK], right[start : start + CHUNK]
-        pool = np.concatenate([near[a], near[b]], axis=1)  # (chunk, 2m)
-        best = np.minimum(sims[a[:, None], pool], sims[b[:, None], pool]).max(axis=1)
+        # paths through a's candidates, then through b's (half the scattered reads)
+        best = np.maximum(
+            np.minimum(top[a], sims[b[:, None], near[a]]).max(axis=1),
+            np.minimum(sims[a[:, None], near[b]], top[b]).max(axis=1),
+        )
         unsure = np.flatnonzero(best < np.minimum(floor[a], floor[b]))
         if unsure.size:
             paths = np.minimum(sims[a[unsure]], sims[b[unsure]])  # -inf at c = a and c = b
