@@ -26,6 +26,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from src.config import ExperimentConfig, config_from_dict
 from src.util.stage_cache import file_digest
 
 FORMAT = "speaker-verification-bundle"
@@ -140,3 +143,14 @@ def version_warnings(manifest: dict[str, Any]) -> list[str]:
         if then is not None and now is not None and now != then and name != "python":
             warnings.append(f"{name} {now} here, {then} when the bundle was exported")
     return warnings
+
+
+def bundle_config(root: Path, name: str) -> ExperimentConfig:
+    """A run's config inside a bundle, its paths pointed into the bundle."""
+    settings = yaml.safe_load((root / EXPERIMENTS / name / "config.yaml").read_text("utf-8"))
+    settings["paths"]["outputs"] = str(root / EXPERIMENTS)
+    for section, key in (("model", "weights"), ("extractor", "path")):
+        value = settings[section].get(key)
+        if value is not None and not Path(value).is_absolute():
+            settings[section][key] = str(root / value)
+    return config_from_dict(settings)

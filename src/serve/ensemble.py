@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from src.config import ExperimentConfig, config_from_dict
 from src.data.audio import clip_facts, describe_clip, from_int16, peak_normalise, to_int16
@@ -42,8 +43,14 @@ from src.stacking.stack import (
     test_metadata_views,
 )
 
-from .bundle import EXPERIMENTS, STACK, BundleError, verify_bundle, version_warnings
-from .export import bundle_config
+from .bundle import (
+    EXPERIMENTS,
+    STACK,
+    BundleError,
+    bundle_config,
+    verify_bundle,
+    version_warnings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +158,6 @@ class BundleModel:
                 f"{root} has no ONNX fold models: export it with export.onnx=true, or serve "
                 "with serve.runtime=torch"
             )
-        import yaml
-
         stack_text = (root / STACK / "config.yaml").read_text(encoding="utf-8")
         stack_cfg = config_from_dict(yaml.safe_load(stack_text))
         runs = [

@@ -294,14 +294,3 @@ def replace_folder(staging: Path, out: Path) -> None:
         out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def bundle_config(root: Path, name: str) -> ExperimentConfig:
-    """A run's config inside a bundle, its paths pointed into the bundle."""
-    settings = yaml.safe_load((root / EXPERIMENTS / name / "config.yaml").read_text("utf-8"))
-    settings["paths"]["outputs"] = str(root / EXPERIMENTS)
-    for section, key in (("model", "weights"), ("extractor", "path")):
-        value = settings[section].get(key)
-        if value is not None and not Path(value).is_absolute():
-            settings[section][key] = str(root / value)
-    return config_from_dict(settings)
