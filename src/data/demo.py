@@ -669,12 +669,21 @@ def make_trials(rng: np.random.Generator, meta: pd.DataFrame) -> pd.DataFrame:
         )
     ]
     chosen = rng.permutation(np.concatenate([positives, negatives]))
-    swap = rng.random(chosen.size) < 0.5
-    left = np.where(swap, second[chosen], first[chosen])
-    right = np.where(swap, first[chosen], second[chosen])
-    return pd.DataFrame(
-        {"audio_1": files[left], "audio_2": files[right], "label": same[chosen].astype(int)}
-    )
+    return random_sides(rng, files, first[chosen], second[chosen], same[chosen].astype(int))
+
+
+def random_sides(
+    rng: np.random.Generator,
+    files: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    labels: np.ndarray,
+) -> pd.DataFrame:
+    """The trial table of index pairs, each pair's two files swapped with probability 1/2."""
+    swap = rng.random(first.size) < 0.5
+    left = np.where(swap, second, first)
+    right = np.where(swap, first, second)
+    return pd.DataFrame({"audio_1": files[left], "audio_2": files[right], "label": labels})
 
 
 SMALL_TEST = 2000  # test files up to which sample_trials lists every candidate pair
@@ -701,10 +710,7 @@ def sample_trials(rng: np.random.Generator, meta: pd.DataFrame, n_pairs: int) ->
     labels = np.concatenate([np.ones(n_positive, int), np.zeros(wanted, int)])
     order = rng.permutation(n_pairs)
     chosen, labels = chosen[order], labels[order]
-    swap = rng.random(n_pairs) < 0.5
-    left = np.where(swap, chosen[:, 1], chosen[:, 0])
-    right = np.where(swap, chosen[:, 0], chosen[:, 1])
-    return pd.DataFrame({"audio_1": files[left], "audio_2": files[right], "label": labels})
+    return random_sides(rng, files, chosen[:, 0], chosen[:, 1], labels)
 
 
 def sample_negatives(

@@ -84,9 +84,13 @@ def score_pairs(
         raise ValueError(f"{len(missing)} paired clip(s) have no embedding, e.g. {missing[:3]}")
     left = pairs["audio_1"].map(key).to_numpy()
     right = pairs["audio_2"].map(key).to_numpy()
+    return pair_score_table(emb["vectors"], emb["norms"], cohort_means(emb), top_k, left, right)
+
+
+def cohort_means(emb: dict[str, np.ndarray]) -> np.ndarray:
+    """The AS-norm cohort of a fold's embeddings: unit speaker means of its ``cohort`` rows."""
     is_cohort = emb["role"] == "cohort"
-    cohort = speaker_means(emb["vectors"][is_cohort], emb["speaker"][is_cohort])
-    return pair_score_table(emb["vectors"], emb["norms"], cohort, top_k, left, right)
+    return speaker_means(emb["vectors"][is_cohort], emb["speaker"][is_cohort])
 
 
 def pair_score_table(

@@ -168,8 +168,7 @@ def create_app(model: BundleModel, serve: ServeConfig) -> FastAPI:
         for field, payload in uploads.items():
             clips[field], said = decode(field, payload)
             warnings += said
-        pairs = pd.DataFrame({"audio_1": ["audio_1"], "audio_2": ["audio_2"]})
-        row = model.answer(clips, pairs).iloc[0]
+        row = model.answer_pair(clips["audio_1"], clips["audio_2"])
         log.debug("scored a pair in %.3f s", time.perf_counter() - started)
         return Prediction(
             label=int(row["label"]),

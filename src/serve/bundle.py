@@ -48,10 +48,7 @@ def package_versions() -> dict[str, str | None]:
     """Versions of the packages a bundle's numbers depend on (``None``: not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+        versions[name] = package_version(name)
     return versions
 
 

@@ -233,14 +233,17 @@ class BundleModel:
             out[f"{name}__cosine"] = table["cosine"].to_numpy()
         return out
 
+    def answer_pair(self, clip_1: Clip, clip_2: Clip) -> dict[str, Any]:
+        """One pair of clips: the answer row (see :meth:`answer`) as a dict."""
+        pairs = pd.DataFrame({"audio_1": ["audio_1"], "audio_2": ["audio_2"]})
+        return self.answer({"audio_1": clip_1, "audio_2": clip_2}, pairs).iloc[0].to_dict()
+
     def answer_waves(self, wave_1: np.ndarray, wave_2: np.ndarray) -> dict[str, Any]:
         """One pair of mono waveforms at ``sample_rate``: the answer row as a dict."""
-        clips = {
-            "audio_1": Clip.from_samples(wave_1, self.sample_rate),
-            "audio_2": Clip.from_samples(wave_2, self.sample_rate),
-        }
-        pairs = pd.DataFrame({"audio_1": ["audio_1"], "audio_2": ["audio_2"]})
-        return self.answer(clips, pairs).iloc[0].to_dict()
+        return self.answer_pair(
+            Clip.from_samples(wave_1, self.sample_rate),
+            Clip.from_samples(wave_2, self.sample_rate),
+        )
 
     def first_level(
         self, clips: dict[str, Clip], names: list[str], pairs: pd.DataFrame

@@ -32,7 +32,7 @@ import yaml
 
 from src.config import ExperimentConfig, config_from_dict, config_to_yaml
 from src.inference.embed import load_embeddings
-from src.inference.score import speaker_means
+from src.inference.score import cohort_means
 from src.stacking.inputs import read_csv
 from src.stacking.stack import STACKER_DIR, STACKER_FILE
 from src.stacking.submit import BUNDLE_COLUMN, bundle_threshold
@@ -155,7 +155,7 @@ def pack_run(cfg: ExperimentConfig, run: ExperimentConfig, root: Path) -> dict[s
     onnx_diffs: dict[int, float] = {}
     for k in range(run.folds.n_folds):
         fold = target / f"fold{k}"
-        write_npy(fold / "cohort.npy", cohort_means(run.fold_dir(k) / "embeddings.npz", k))
+        write_npy(fold / "cohort.npy", fold_cohort(run.fold_dir(k) / "embeddings.npz", k))
         if run.extractor.kind == "cnn":
             state = load_checkpoint(run.fold_dir(k) / "best.pt")
             save_checkpoint(
@@ -176,15 +176,14 @@ def pack_run(cfg: ExperimentConfig, run: ExperimentConfig, root: Path) -> dict[s
     }
 
 
-def cohort_means(path: Path, fold: int) -> np.ndarray:
-    """Unit speaker means of the ``cohort`` rows of a fold's embeddings, as the score stage."""
+def fold_cohort(path: Path, fold: int) -> np.ndarray:
+    """The score stage's AS-norm cohort of a fold (``embeddings.npz``), checked."""
     if not path.is_file():
         raise FileNotFoundError(f"fold {fold}: embeddings {path} not found: {RUN_FIRST}")
     emb = load_embeddings(path)
-    is_cohort = emb["role"] == "cohort"
-    if not is_cohort.any():
+    if not (emb["role"] == "cohort").any():
         raise ValueError(f"{path}: no cohort rows to normalise scores with; rerun the embed stage")
-    return speaker_means(emb["vectors"][is_cohort], emb["speaker"][is_cohort])
+    return cohort_means(emb)
 
 
 def export_onnx(run: ExperimentConfig, fold_dir: Path, opset: int) -> float | None:
