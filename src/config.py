@@ -271,7 +271,7 @@ class ExtractorConfig(Section):
 
 class StackConfig(Section):
     experiments: list[str] = []
-    model: Literal["lightgbm", "logistic"] = "lightgbm"
+    model: Literal["lightgbm", "logistic", "blend"] = "blend"
     num_leaves: int = Field(15, ge=2)
     learning_rate: float = Field(0.1, gt=0)
     n_estimators: int = Field(600, ge=1)

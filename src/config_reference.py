@@ -98,7 +98,7 @@ MEANINGS: dict[str, str] = {
     "embed.batch_seconds": "audio per embedding batch (s); changes speed, not results",
     "score.asnorm_top_k": "cohort scores averaged by AS-norm (top k)",
     "stack.experiments": "first-level runs (folders) to stack; empty = this config's run",
-    "stack.model": "second-level model",
+    "stack.model": "second-level model: LightGBM, logistic regression, or blend (both averaged)",
     "stack.num_leaves": "LightGBM leaves per tree",
     "stack.learning_rate": "LightGBM learning rate",
     "stack.n_estimators": "LightGBM rounds (cap; early stopping picks fewer)",

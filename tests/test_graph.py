@@ -6,9 +6,11 @@ import pytest
 
 from src.stacking.graph import (
     GraphSettings,
-    RankIndex,
+    capped_ranks,
     experiment_graph_features,
     graph_features,
+    graph_similarity,
+    nearest,
     similarity,
     two_hop,
 )
@@ -32,7 +34,10 @@ def test_ranks_and_two_hop_match_brute_force() -> None:
     left, right = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
     sims = similarity(vectors)
     brute_rank = (sims[left] > sims[left, right][:, None]).sum(axis=1) + 1
-    np.testing.assert_array_equal(RankIndex(sims).ranks(sims, left, right), brute_rank)
+    top = np.take_along_axis(sims, nearest(sims, 10), axis=1)
+    ranks = capped_ranks(top, sims, left, right)
+    np.testing.assert_array_equal(ranks, np.minimum(brute_rank, 11))  # counted up to the cap
+    assert (brute_rank > 11).any() and (brute_rank < 11).any()
     brute_hop = [
         max(min(sims[a, c], sims[c, b]) for c in range(30) if c not in (a, b))
         for a, b in zip(left, right, strict=True)
@@ -40,14 +45,42 @@ def test_ranks_and_two_hop_match_brute_force() -> None:
     np.testing.assert_allclose(two_hop(sims, left, right), brute_hop, rtol=1e-6)
 
 
-def test_pruned_two_hop_is_exact_on_a_larger_graph() -> None:
-    """Candidates are each clip's 8 nearest: many pairs need the full check, none may differ."""
-    vectors, _ = _speaker_vectors(40, 8, 1.4, seed=10)
-    rng = np.random.default_rng(11)
-    left, right = rng.integers(0, 320, 2000), rng.integers(0, 320, 2000)
-    sims = similarity(vectors)
-    brute = np.minimum(sims[left], sims[right]).max(axis=1)
-    np.testing.assert_array_equal(two_hop(sims, left, right, candidates=8), brute)
+def test_second_order_features_match_brute_force_on_a_fused_graph() -> None:
+    """The low-rank sums give the plain definitions: Pearson correlation of the two clips'
+    similarities to every other clip, and the mean similarity of their expanded groups."""
+    sets = [_speaker_vectors(6, 5, 1.0, seed=s)[0] for s in (20, 21)]
+    rng = np.random.default_rng(22)
+    left, right = rng.integers(0, 30, 150), rng.integers(0, 30, 150)
+    features = graph_features(sets, left, right, GraphSettings(expand_k=3))
+    sims = graph_similarity(sets).astype(np.float64)
+    near = nearest(graph_similarity(sets), 3)
+    full = np.where(np.isfinite(sims), sims, 1.0)  # a clip's similarity to itself is 1
+    for i, (a, b) in enumerate(zip(left, right, strict=True)):
+        if a == b:
+            assert features["profile_corr"][i] == 1.0
+        else:
+            others = [c for c in range(30) if c not in (a, b)]
+            expected = np.corrcoef(sims[a, others], sims[b, others])[0, 1]
+            assert features["profile_corr"][i] == pytest.approx(expected, abs=1e-5)
+        group_a, group_b = [a, *near[a]], [b, *near[b]]
+        expected = full[np.ix_(group_a, group_b)].mean()
+        assert features["expanded_sim"][i] == pytest.approx(expected, abs=1e-5)
+
+
+def test_tree_similarity_agrees_with_every_cut() -> None:
+    """Two clips share a cluster at cut height h exactly when their tree similarity is >= h;
+    with cut heights given, it is measured from the loosest one and is 0 below it."""
+    vectors, _ = _speaker_vectors(8, 5, 1.0, seed=23)
+    rng = np.random.default_rng(24)
+    left, right = rng.integers(0, 40, 300), rng.integers(0, 40, 300)
+    cuts = (0.8, 0.5, 0.3, 0.1)
+    plain = graph_features(vectors, left, right, GraphSettings(cuts=()))["tree_sim"].to_numpy()
+    features = graph_features(vectors, left, right, GraphSettings(cuts=cuts))
+    for i, cut in enumerate(cuts):
+        flags = features[f"same_cluster_{i}"].to_numpy() == 1.0
+        np.testing.assert_array_equal(flags, plain >= cut - 1e-9)
+    np.testing.assert_allclose(features["tree_sim"], np.maximum(plain - 0.1, 0.0))
+    assert 0 < features[f"same_cluster_{len(cuts) - 1}"].mean() < 1
 
 
 def test_features_are_symmetric_in_the_pair() -> None:
@@ -157,7 +190,7 @@ def test_same_speaker_ranks_do_not_grow_with_the_graph(n: int) -> None:
     vectors, _ = _speaker_vectors(n // 4, 4, 0.9, seed=7)
     left = np.arange(0, n, 4)
     features = graph_features(vectors, left, left + 1, GraphSettings())
-    assert features["rank_max"].median() <= 3
+    assert np.exp(features["log_rank_max"]).median() <= 3
 
 
 def test_a_self_pair_is_its_own_nearest_neighbour() -> None:
@@ -166,4 +199,5 @@ def test_a_self_pair_is_its_own_nearest_neighbour() -> None:
         vectors, np.array([3, 3]), np.array([3, 5]), GraphSettings(cuts=(0.4,))
     )
     assert np.isfinite(features.to_numpy()).all()
-    assert features.loc[0, "rank_max"] == 1.0 and features.loc[0, "same_cluster_0"] == 1.0
+    assert features.loc[0, "log_rank_max"] == 0.0 and features.loc[0, "same_cluster_0"] == 1.0
+    assert features.loc[0, "tree_sim"] == 1.0 - 0.4 and features.loc[0, "profile_corr"] == 1.0

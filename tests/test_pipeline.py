@@ -246,13 +246,15 @@ def test_stack_with_graph_features_and_transitive_submit(tiny_experiment, tmp_pa
     graphed = cfg.model_copy(update={"stack": stack, "submit": submit, "variant": "graph"})
     result = run_stack(graphed, [cfg.experiment_dir])
     features = set(result.importances["feature"])
-    assert {"cnn__g_rank_max", "cnn__g_two_hop", "cnn__g_same_cluster_0"} <= features
+    wanted = {"cnn__g_log_rank_max", "cnn__g_two_hop", "cnn__g_same_cluster_0", "cnn__g_tree_sim"}
+    assert wanted | {"cnn__g_profile_corr", "cnn__g_expanded_sim"} <= features
     assert np.isfinite(result.test["prob"]).all() and np.isfinite(result.oof["prob"]).all()
     assert set(result.metrics["graph_adversarial_auc"]) == {
         "neighbourhood",
         "local normalisation",
         "paths",
         "clusters",
+        "second order",
     }
     assert "eer" in result.metrics["without_graph"]
     submit_stage(graphed)

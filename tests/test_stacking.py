@@ -19,7 +19,7 @@ from src.stacking.features import (
     score_features,
 )
 from src.stacking.inputs import StageInputError
-from src.stacking.models import fit_pair_model
+from src.stacking.models import fit_pair_model, load_pair_model, pair_model_suffix
 from src.stacking.stack import combine, cross_fit, plan_folds, run_stack, stack_stage
 from tests.fixtures.stack_inputs import write_synthetic_inputs
 
@@ -169,7 +169,27 @@ def test_stack_beats_a_single_noisy_score(tmp_path, caplog):
     assert test["prob"].between(0, 1).all()
     importances = pd.read_csv(out / "importances.csv")
     assert "gender_same_prob" in set(importances["feature"])
-    assert (importances["kind"] == "gain").all()
+    assert (importances["kind"] == stack_module.IMPORTANCE_KINDS[cfg.stack.model]).all()
+
+
+def test_blend_averages_its_members_and_reads_back_from_text(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 4))
+    y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(scale=0.5, size=600) > 0).astype(int)
+    fit_args = (x[:400], y[:400], x[400:500], y[400:500])
+    cfg = StackConfig(model="blend", n_estimators=60)
+    blend = fit_pair_model(cfg, *fit_args, seed=0)
+    members = [
+        fit_pair_model(cfg.model_copy(update={"model": kind}), *fit_args, seed=0)
+        for kind in ("lightgbm", "logistic")
+    ]
+    held_out = x[500:]
+    expected = np.mean([m.predict(held_out) for m in members], axis=0)
+    np.testing.assert_allclose(blend.predict(held_out), expected, atol=1e-12)
+    path = tmp_path / f"model{pair_model_suffix(blend.kind)}"
+    path.write_text(blend.to_text())
+    np.testing.assert_allclose(load_pair_model(path).predict(held_out), expected, atol=1e-9)
+    assert blend.importance().sum() == pytest.approx(1.0) and blend.rounds == members[0].rounds
 
 
 def test_scores_only_logistic_and_rank_average(tmp_path):

@@ -1,7 +1,9 @@
-"""Second-level models: a LightGBM classifier or a logistic-regression calibrator.
+"""Second-level models: a LightGBM classifier, a logistic-regression calibrator, or their blend.
 
-Both are fitted by :func:`fit_pair_model` and expose the same small interface, so the fold loop
-in ``stack.py`` does not care which one the config chose.
+All are fitted by :func:`fit_pair_model` and expose the same small interface, so the fold loop
+in ``stack.py`` does not care which one the config chose. The blend (``stack.model=blend``)
+averages the two models' probabilities: trees catch interactions of the pair features, the
+linear model extrapolates smoothly where the trees saw few training pairs.
 
 Example
 -------
@@ -40,27 +42,41 @@ log = logging.getLogger(__name__)
 class PairModel:
     """A fitted second-level model: probabilities in, importances out."""
 
-    kind: str  # "lightgbm" or "logistic"
-    estimator: Any  # lgb.Booster or sklearn Pipeline
+    kind: str  # "lightgbm", "logistic" or "blend"
+    estimator: Any  # lgb.Booster, sklearn Pipeline, or (blend) a list of PairModel
     rounds: int  # boosting rounds kept (0 for logistic)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Probability that each pair is one speaker, shape ``(pairs,)``."""
         if self.kind == "lightgbm":
             return self.estimator.predict(features, num_iteration=self.rounds)
+        if self.kind == "blend":
+            return np.mean([member.predict(features) for member in self.estimator], axis=0)
         return self.estimator.predict_proba(features)[:, 1]
 
     def importance(self) -> np.ndarray:
-        """Total gain per feature (LightGBM) or |coefficient| on standardised features."""
+        """Total gain per feature (LightGBM), |coefficient| on standardised features
+        (logistic), or for a blend each member's importances as shares of 1, averaged."""
         if self.kind == "lightgbm":
             return self.estimator.feature_importance("gain", iteration=self.rounds)
+        if self.kind == "blend":
+            shares = [m.importance() / max(m.importance().sum(), 1e-12) for m in self.estimator]
+            return np.mean(shares, axis=0)
         return np.abs(self.estimator[-1].coef_.ravel())
 
     def to_text(self) -> str:
-        """The fitted model as text (no pickle): LightGBM's model format, or the logistic
-        model's imputer medians, scaler and coefficients as JSON."""
+        """The fitted model as text (no pickle): LightGBM's model format, the logistic
+        model's imputer medians, scaler and coefficients as JSON, or a blend's members in JSON."""
         if self.kind == "lightgbm":
             return self.estimator.model_to_string(num_iteration=self.rounds)
+        if self.kind == "blend":
+            members = [
+                {"kind": "lightgbm", "model": m.to_text()}
+                if m.kind == "lightgbm"
+                else json.loads(m.to_text())
+                for m in self.estimator
+            ]
+            return json.dumps({"kind": "blend", "members": members})
         imputer, scaler, logistic = self.estimator
         return json.dumps(
             {
@@ -101,11 +117,37 @@ class BoosterPairModel:
         return self.booster.predict(features)
 
 
-def load_pair_model(path: Path) -> LinearPairModel | BoosterPairModel:
-    """A stacker written by :meth:`PairModel.to_text` (``.json``: logistic, ``.txt``: LightGBM)."""
+class BlendedPairModel:
+    """A blend read back from :meth:`PairModel.to_text`: the members' probabilities averaged."""
+
+    def __init__(self, members: list[LinearPairModel | BoosterPairModel]) -> None:
+        self.members = members
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.mean([member.predict(features) for member in self.members], axis=0)
+
+
+SavedPairModel = LinearPairModel | BoosterPairModel | BlendedPairModel
+
+
+def _saved_model(params: dict[str, Any]) -> SavedPairModel:
+    """One model from its JSON description (a blend's members included)."""
+    kind = params.get("kind", "logistic")
+    if kind == "blend":
+        return BlendedPairModel([_saved_model(member) for member in params["members"]])
+    if kind == "lightgbm":
+        return BoosterPairModel(params["model"])
+    if kind == "logistic":
+        return LinearPairModel(params)
+    raise ValueError(f"unknown saved stacker kind {kind!r}")
+
+
+def load_pair_model(path: Path) -> SavedPairModel:
+    """A stacker written by :meth:`PairModel.to_text` (``.txt``: LightGBM; ``.json``: logistic
+    or blend)."""
     text = Path(path).read_text(encoding="utf-8")
     if path.suffix == ".json":
-        return LinearPairModel(json.loads(text))
+        return _saved_model(json.loads(text))
     return BoosterPairModel(text)
 
 
@@ -212,10 +254,17 @@ def fit_pair_model(
     seed
         Seed of every random choice inside the model.
     """
-    if cfg.model == "lightgbm":
-        return _fit_lightgbm(cfg, x_fit, y_fit, x_valid, y_valid, seed)
-    if cfg.model == "logistic":
+    if cfg.model not in ("lightgbm", "logistic", "blend"):
+        raise ValueError(
+            f"unknown stack model {cfg.model!r}; choose 'lightgbm', 'logistic' or 'blend'"
+        )
+    members = []
+    if cfg.model in ("lightgbm", "blend"):
+        members.append(_fit_lightgbm(cfg, x_fit, y_fit, x_valid, y_valid, seed))
+    if cfg.model in ("logistic", "blend"):
         x = np.concatenate([x_fit, x_valid])
         y = np.concatenate([y_fit, y_valid])
-        return _fit_logistic(cfg, x, y, seed)
-    raise ValueError(f"unknown stack model {cfg.model!r}; choose 'lightgbm' or 'logistic'")
+        members.append(_fit_logistic(cfg, x, y, seed))
+    if len(members) == 1:
+        return members[0]
+    return PairModel("blend", members, members[0].rounds)

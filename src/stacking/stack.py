@@ -295,10 +295,11 @@ def feature_views(
 
 GraphViews = dict[str, tuple[pd.DataFrame, dict[int, pd.DataFrame]]]
 GRAPH_GROUPS = {
-    "neighbourhood": ("rank", "mutual_knn", "shared_knn"),
+    "neighbourhood": ("log_rank", "mutual_knn", "shared_knn"),
     "local normalisation": ("local_", "hubness"),
     "paths": ("two_hop",),
-    "clusters": ("same_cluster",),
+    "clusters": ("same_cluster", "tree_sim"),
+    "second order": ("profile_corr", "expanded_sim"),
 }
 
 
@@ -418,6 +419,13 @@ def _metrics(
     }
 
 
+IMPORTANCE_KINDS = {
+    "lightgbm": "gain",
+    "logistic": "abs_standardised_coef",
+    "blend": "mean_share_of_gain_and_abs_coef",
+}
+
+
 def run_stack(
     cfg: ExperimentConfig, experiment_dirs: list[Path], out_dir: Path | None = None
 ) -> StackResult:
@@ -455,7 +463,7 @@ def run_stack(
     test = reference.test[["audio_1", "audio_2"]].copy()
     test["prob"] = combine([f.test for f in fits.values()], how)
 
-    kind = "gain" if cfg.stack.model == "lightgbm" else "abs_standardised_coef"
+    kind = IMPORTANCE_KINDS[cfg.stack.model]
     importances = _importance_table(fits, kind)
     metrics = _metrics(experiments, oof, fits, cfg)
     labels = oof["label"].to_numpy()
