@@ -75,7 +75,7 @@ def run_pipeline(cfg, caplog) -> dict[str, int]:
     return reused
 
 
-def test_rerun_reuses_and_a_change_redoes_downstream(tmp_path: Path, caplog) -> None:
+def test_rerun_reuses_and_a_change_redoes_downstream(tmp_path: Path, caplog, monkeypatch) -> None:
     generate_demo(tmp_path / "data", n_speakers=8, clips_per_speaker=4, n_test_speakers=2,
                   test_clips_per_speaker=3, seed=5)  # fmt: skip
     cfg = config_for(tmp_path / "data", tmp_path, *TINY)
@@ -93,6 +93,12 @@ def test_rerun_reuses_and_a_change_redoes_downstream(tmp_path: Path, caplog) -> 
     reused_all = {"prepare": 1, "folds": 1, "train": 2, "embed": 2, "score": 1, "stack": 1}
     assert run_pipeline(cfg, caplog) == {**reused_all, "submit": 0}  # submit: cheap, always
     assert submission.read_bytes() == first
+
+    # an upgrade that changes what the stack computes (its version bumped): only it is redone
+    import src.stacking.stack as stack_module
+
+    monkeypatch.setattr(stack_module, "STACK_VERSION", stack_module.STACK_VERSION + 1)
+    assert run_pipeline(cfg, caplog) == {**reused_all, "stack": 0, "submit": 0}
 
     # a config value only scoring depends on: scoring and what follows are redone
     top_k = cfg.model_copy(deep=True)

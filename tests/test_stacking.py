@@ -172,6 +172,21 @@ def test_stack_beats_a_single_noisy_score(tmp_path, caplog):
     assert (importances["kind"] == stack_module.IMPORTANCE_KINDS[cfg.stack.model]).all()
 
 
+def test_the_logistic_stacker_does_not_extrapolate_beyond_its_training_range(tmp_path):
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.uniform(0, 1, 500), rng.normal(size=500), np.full(500, np.nan)])
+    y = (x[:, 0] + 0.3 * rng.normal(size=500) > 0.5).astype(int)
+    model = fit_pair_model(StackConfig(model="logistic"), x[:400], y[:400], x[400:], y[400:], 0)
+    far = np.array([[100.0, 0.0, np.nan], [-50.0, 0.0, 3.0]])
+    edge = np.array(
+        [[np.percentile(x[:, 0], 99.5), 0.0, np.nan], [np.percentile(x[:, 0], 0.5), 0.0, 0]]
+    )
+    np.testing.assert_allclose(model.predict(far), model.predict(edge), atol=1e-12)
+    path = tmp_path / "model.json"
+    path.write_text(model.to_text())
+    np.testing.assert_allclose(load_pair_model(path).predict(far), model.predict(far), atol=1e-12)
+
+
 def test_blend_averages_its_members_and_reads_back_from_text(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 4))

@@ -32,7 +32,7 @@ from src.config import ExperimentConfig, config_from_dict
 from src.util.stage_cache import file_digest
 
 FORMAT = "speaker-verification-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: blended stackers; the logistic model clips its features
 MANIFEST = "manifest.json"
 STACK = "stack"
 EXPERIMENTS = "experiments"

@@ -28,6 +28,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -77,10 +78,12 @@ class PairModel:
                 for m in self.estimator
             ]
             return json.dumps({"kind": "blend", "members": members})
-        imputer, scaler, logistic = self.estimator
+        clip, imputer, scaler, logistic = self.estimator
         return json.dumps(
             {
                 "kind": "logistic",
+                "low": clip.low_.tolist(),  # -inf/inf become -Infinity/Infinity in JSON
+                "high": clip.high_.tolist(),
                 # an all-missing column is imputed with 0 (keep_empty_features)
                 "medians": np.nan_to_num(imputer.statistics_, nan=0.0).tolist(),
                 "mean": scaler.mean_.tolist(),
@@ -92,9 +95,12 @@ class PairModel:
 
 
 class LinearPairModel:
-    """A logistic stacker read back from :meth:`PairModel.to_text`: impute, standardise, sigmoid."""
+    """A logistic stacker read back from :meth:`PairModel.to_text`: clip, impute, standardise,
+    sigmoid."""
 
     def __init__(self, params: dict[str, Any]) -> None:
+        self.low = np.asarray(params["low"], dtype=np.float64)
+        self.high = np.asarray(params["high"], dtype=np.float64)
         self.medians = np.asarray(params["medians"], dtype=np.float64)
         self.mean = np.asarray(params["mean"], dtype=np.float64)
         self.scale = np.asarray(params["scale"], dtype=np.float64)
@@ -102,7 +108,8 @@ class LinearPairModel:
         self.intercept = float(params["intercept"])
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        x = np.where(np.isnan(features), self.medians, features)
+        clipped = np.clip(features, self.low, self.high)
+        x = np.where(np.isnan(clipped), self.medians, clipped)
         logit = ((x - self.mean) / self.scale) @ self.coef + self.intercept
         return 1.0 / (1.0 + np.exp(-logit))
 
@@ -224,8 +231,32 @@ def _fit_lightgbm(
     return PairModel("lightgbm", refit, refit_rounds)
 
 
+CLIP_PERCENT = 0.5  # the logistic model's features are clipped to their training 0.5-99.5 %
+
+
+class TrainingRangeClip(BaseEstimator, TransformerMixin):
+    """Clip each feature to its training range (the ``percent`` and ``100 - percent``
+    percentiles; a column without values is left alone), so a linear model never extrapolates:
+    test clips can be longer or louder than any training pair (see adversarial validation)."""
+
+    def __init__(self, percent: float = CLIP_PERCENT) -> None:
+        self.percent = percent
+
+    def fit(self, x: np.ndarray, y: np.ndarray | None = None) -> TrainingRangeClip:
+        values = np.where(np.isfinite(x), x, np.nan)
+        empty = np.isnan(values).all(axis=0)
+        filled = np.where(empty, 0.0, values)  # no all-NaN column reaches nanpercentile
+        self.low_ = np.where(empty, -np.inf, np.nanpercentile(filled, self.percent, axis=0))
+        self.high_ = np.where(empty, np.inf, np.nanpercentile(filled, 100 - self.percent, axis=0))
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(x, self.low_, self.high_)  # NaN stays NaN for the imputer
+
+
 def _fit_logistic(cfg: StackConfig, x: np.ndarray, y: np.ndarray, seed: int) -> PairModel:
     pipeline: Pipeline = make_pipeline(
+        TrainingRangeClip(),
         SimpleImputer(strategy="median", keep_empty_features=True),
         StandardScaler(),
         LogisticRegression(C=cfg.logistic_c, max_iter=2000, random_state=seed),

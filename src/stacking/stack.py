@@ -540,6 +540,10 @@ def bundle_stacker_files(
     return files
 
 
+# part of the stage's fingerprint: bump it when the features or the models change what the
+# stack computes from the same inputs and config, so a rerun after an upgrade redoes the stage
+# (2: second-order and tree-similarity graph features, capped ranks, clipped logistic model)
+STACK_VERSION = 2
 STACK_INPUTS = ("oof_scores.csv", "test_scores.csv", "gender_oof.csv", "gender_test.csv")
 STACK_OUTPUTS = (
     "oof_predictions.csv",
@@ -563,7 +567,7 @@ def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     if cfg.stack.graph_features:
         inputs += [p for d in dirs for p in d.glob("fold*/embeddings.npz")]
     stamp = fingerprint(
-        cfg.stack.model_dump(mode="json"), cfg.seed, names, files_fingerprint(inputs)
+        STACK_VERSION, cfg.stack.model_dump(mode="json"), cfg.seed, names, files_fingerprint(inputs)
     )
     if not force and is_fresh(out_dir, "stack", stamp, [out_dir / f for f in STACK_OUTPUTS]):
         log.info("stack: unchanged, reusing %s", out_dir)
