@@ -147,7 +147,7 @@ def bench_graph(n_test: int = 2789, n_pairs: int = 50000, folds: int = 5) -> dic
     graph, 5 fold views each, OOF graphs of 1/5 of 10,556 clips with 20,000 trials per fold."""
     import pandas as pd
 
-    from src.stacking.graph import experiment_graph_features
+    from src.stacking.graph import graph_feature_views
 
     rng = np.random.default_rng(0)
     n_oof = 10556 // folds
@@ -183,11 +183,11 @@ def bench_graph(n_test: int = 2789, n_pairs: int = 50000, folds: int = 5) -> dic
             for fold in range(folds)
         }
 
-    def run() -> None:
-        for name, per_fold in experiments.items():
-            experiment_graph_features({f: [e] for f, e in per_fold.items()}, oof, test, name)
-        fused = {f: [experiments[n][f] for n in experiments] for f in range(folds)}
-        experiment_graph_features(fused, oof, test, "fused")
+    graphs = {name: {f: [e] for f, e in per_fold.items()} for name, per_fold in experiments.items()}
+    graphs["fused"] = {f: [experiments[n][f] for n in experiments] for f in range(folds)}
+
+    def run() -> None:  # as the stack stage calls it: every graph in one pool
+        graph_feature_views(graphs, oof, test)
 
     seconds = median_time(run, repeats=1, warmup=0)
     what = f"graph features, {n_pairs} test pairs over {n_test} clips, 2 experiments + fused"

@@ -243,5 +243,11 @@ def test_answers_equal_the_pipeline_over_http(tiny_bundle, model) -> None:
         ]
     got = np.array([a["probability"] for a in answers])
     np.testing.assert_allclose(got, expected["bundle_probability"], atol=1e-6)
-    assert [a["label"] for a in answers] == expected["bundle_label"].tolist()
+    # labels equal, except where the pipeline's probability is the threshold itself (a balanced
+    # threshold over an odd number of pairs is one of them): there float noise decides
+    threshold = answers[0]["threshold"]
+    clear = (expected["bundle_probability"] - threshold).abs().to_numpy() > 1e-6
+    assert clear.sum() >= len(expected) - 1
+    labels = np.array([a["label"] for a in answers])
+    np.testing.assert_array_equal(labels[clear], expected["bundle_label"].to_numpy()[clear])
     assert expected["bundle_probability"].nunique() > 2  # not a constant stacker

@@ -142,16 +142,14 @@ def second_order_features(
     """
     n = vectors.shape[0]
     mean_vector = vectors.mean(axis=0)
-    centred_gram = vectors.T @ vectors - n * np.outer(mean_vector, mean_vector)  # (dims, dims)
-    projected = vectors @ centred_gram  # (n, dims): row a . w_b = covariance over all c
     self_sim = np.einsum("ij,ij->i", vectors, vectors)  # S[a,a], 1 for unit vectors
     row_mean = vectors @ mean_vector  # mean over all c of S[a,c]
-    row_square = np.einsum("ij,ij->i", projected, vectors) + n * row_mean**2
-    projected, single = projected.astype(np.float32), vectors.astype(np.float32)
+    single = vectors.astype(np.float32)  # the heavy products in float32: nothing cancels
+    centred = single - mean_vector.astype(np.float32)
+    projected = single @ (centred.T @ centred)  # (n, dims): row a . w_b = covariance over all c
+    row_square = np.einsum("ij,ij->i", projected, single).astype(np.float64) + n * row_mean**2
     members = near[:, :expand_k]
-    expanded = ((vectors + vectors[members].sum(axis=1)) / (1 + members.shape[1])).astype(
-        np.float32
-    )
+    expanded = (single + single[members].sum(axis=1)) / np.float32(1 + members.shape[1])
     corr, expanded_sim = np.empty(left.size), np.empty(left.size)
     others = max(n - 2, 1)
     for start in range(0, left.size, CHUNK):
@@ -175,7 +173,8 @@ def second_order_features(
 
 def nearest(sims: np.ndarray, k: int) -> np.ndarray:
     """Indices of each clip's ``k`` nearest neighbours, nearest first."""
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    n = sims.shape[1]
+    part = np.argpartition(sims, n - k, axis=1)[:, n - k :]  # no negated copy of the matrix
     order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
 
@@ -367,13 +366,90 @@ def _solve_graphs(jobs: list[_GraphJob], settings: GraphSettings) -> list[_Graph
         return list(threads.map(lambda job: _solve_graph(job, settings), jobs))
 
 
+GraphInput = dict[int, list[dict[str, np.ndarray]]]  # fold -> each fused model's embeddings
+GraphViews = tuple[pd.DataFrame, dict[int, pd.DataFrame]]  # OOF features, test view per fold
+
+
+@dataclass(frozen=True)
+class _GraphPlan:
+    """Which distinct graph (job key) and which table rows each (fold, role) of a prefix uses."""
+
+    jobs: dict[tuple[str, bytes], _GraphJob]
+    where: dict[tuple[int, str], tuple[pd.Index, tuple[str, bytes]]]
+
+
+def _plan_graphs(embeddings: GraphInput, oof: pd.DataFrame, test: pd.DataFrame) -> _GraphPlan:
+    """One job per distinct graph of one prefix: its OOF graph per fold, its test graph per fold
+    (a fold-independent model's test graph is the same job for every fold)."""
+    jobs: dict[tuple[str, bytes], _GraphJob] = {}
+    where: dict[tuple[int, str], tuple[pd.Index, tuple[str, bytes]]] = {}
+    for fold in sorted(embeddings):
+        for role, pairs, by_name in (
+            ("oof", oof[oof["fold"] == fold], False),
+            ("test", test, True),
+        ):
+            views = [_graph_of(emb, role, by_name) for emb in embeddings[fold]]
+            index = views[0][1]
+            if any(v[1] != index for v in views[1:]):
+                raise ValueError(f"fold {fold}: the fused experiments embedded other {role} clips")
+            key = (role, b"".join(_digest(v[0]) for v in views))  # same role: same pairs too
+            if key not in jobs:
+                left, right = _pair_rows(pairs, index, f"fold {fold} {role}")
+                jobs[key] = _GraphJob([v[0] for v in views], left, right)
+            where[fold, role] = (pairs.index, key)
+    return _GraphPlan(jobs, where)
+
+
+def _assemble(
+    plan: _GraphPlan, solved: dict[tuple[str, bytes], _GraphResult], oof: pd.DataFrame, prefix: str
+) -> GraphViews:
+    """A prefix's OOF rows and test views from its solved graphs, each fold's trees cut at
+    heights placed on the other folds' labelled trials (on the graphs' own scale)."""
+    folds = sorted({fold for fold, _ in plan.where})
+    oof_parts, test_views = [], {}
+    for fold in folds:
+        others = [f for f in folds if f != fold] or [fold]
+        scores = np.concatenate([solved[plan.where[f, "oof"][1]].pair_sims for f in others])
+        labels = np.concatenate([oof.loc[plan.where[f, "oof"][0], "label"] for f in others])
+        finite = np.isfinite(scores)  # self-pairs have no similarity in the matrix
+        cuts = cut_thresholds(scores[finite], labels[finite])
+        for role in ("oof", "test"):
+            index, key = plan.where[fold, role]
+            graph, job = solved[key], plan.jobs[key]
+            clusters = cut_features(graph.tree, graph.tree_sim, job.left, job.right, cuts)
+            part = pd.concat([graph.base, clusters], axis=1)
+            if role == "oof":
+                part.index = index
+                oof_parts.append(part)
+            else:
+                test_views[fold] = part.add_prefix(f"{prefix}__g_")
+    oof_features = pd.concat(oof_parts).loc[oof.index].add_prefix(f"{prefix}__g_")
+    return oof_features.reset_index(drop=True), test_views
+
+
+def graph_feature_views(
+    graphs: dict[str, GraphInput],
+    oof: pd.DataFrame,
+    test: pd.DataFrame,
+    settings: GraphSettings = GraphSettings(),
+) -> dict[str, GraphViews]:
+    """Graph features of several experiments (and fused sets) at once, by feature prefix: the
+    distinct graphs of all of them are computed in one pool, largest first, so no core waits at
+    the end of one experiment (see :func:`experiment_graph_features` for each result)."""
+    plans = {prefix: _plan_graphs(embeddings, oof, test) for prefix, embeddings in graphs.items()}
+    jobs = {key: job for plan in plans.values() for key, job in plan.jobs.items()}
+    order = sorted(jobs, key=lambda key: -jobs[key].sets[0].shape[0])
+    solved = dict(zip(order, _solve_graphs([jobs[key] for key in order], settings), strict=True))
+    return {prefix: _assemble(plan, solved, oof, prefix) for prefix, plan in plans.items()}
+
+
 def experiment_graph_features(
-    embeddings: dict[int, list[dict[str, np.ndarray]]],
+    embeddings: GraphInput,
     oof: pd.DataFrame,
     test: pd.DataFrame,
     prefix: str,
     settings: GraphSettings = GraphSettings(),
-) -> tuple[pd.DataFrame, dict[int, pd.DataFrame]]:
+) -> GraphViews:
     """Graph features of one experiment (or a fused graph of several): OOF rows (fold k's
     trials in fold k's OOF graph) and one test view per fold (the test pairs in the test graph
     of fold k's models).
@@ -391,43 +467,4 @@ def experiment_graph_features(
     prefix
         Feature-name prefix (the experiment, or ``fused``).
     """
-    folds = sorted(embeddings)
-    jobs: dict[tuple[str, bytes], _GraphJob] = {}  # one per distinct graph
-    where: dict[tuple[int, str], tuple[pd.Index, tuple[str, bytes]]] = {}
-    for fold in folds:
-        for role, pairs, by_name in (
-            ("oof", oof[oof["fold"] == fold], False),
-            ("test", test, True),
-        ):
-            views = [_graph_of(emb, role, by_name) for emb in embeddings[fold]]
-            index = views[0][1]
-            if any(v[1] != index for v in views[1:]):
-                raise ValueError(f"fold {fold}: the fused experiments embedded other {role} clips")
-            key = (role, b"".join(_digest(v[0]) for v in views))  # same role: same pairs too
-            if key not in jobs:
-                left, right = _pair_rows(pairs, index, f"fold {fold} {role}")
-                jobs[key] = _GraphJob([v[0] for v in views], left, right)
-            where[fold, role] = (pairs.index, key)
-    solved = dict(zip(jobs, _solve_graphs(list(jobs.values()), settings), strict=True))
-    # cut heights of fold k from the other folds' labelled trials, on the graphs' own scale
-    oof_parts, test_views = [], {}
-    for fold in folds:
-        others = [f for f in folds if f != fold] or [fold]
-        scores = np.concatenate([solved[where[f, "oof"][1]].pair_sims for f in others])
-        labels = np.concatenate([oof.loc[where[f, "oof"][0], "label"] for f in others])
-        finite = np.isfinite(scores)  # self-pairs have no similarity in the matrix
-        cuts = cut_thresholds(scores[finite], labels[finite])
-        for role in ("oof", "test"):
-            index, key = where[fold, role]
-            graph = solved[key]
-            clusters = cut_features(
-                graph.tree, graph.tree_sim, jobs[key].left, jobs[key].right, cuts
-            )
-            part = pd.concat([graph.base, clusters], axis=1)
-            if role == "oof":
-                part.index = index
-                oof_parts.append(part)
-            else:
-                test_views[fold] = part.add_prefix(f"{prefix}__g_")
-    oof_features = pd.concat(oof_parts).loc[oof.index].add_prefix(f"{prefix}__g_")
-    return oof_features.reset_index(drop=True), test_views
+    return graph_feature_views({prefix: embeddings}, oof, test, settings)[prefix]

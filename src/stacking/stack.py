@@ -48,7 +48,7 @@ from .features import (
     metadata_features,
     pair_gender_features,
 )
-from .graph import experiment_graph_features
+from .graph import graph_feature_views
 from .inputs import (
     ExperimentScores,
     StageInputError,
@@ -331,17 +331,12 @@ def load_graph_views(experiments: list[ExperimentScores], dirs: list[Path]) -> G
             if not path.is_file():
                 raise StageInputError(f"stack.graph_features needs {path}: run embed first")
             embeddings[experiment.name][fold] = load_embeddings(path)
-    views: GraphViews = {}
     started = time.perf_counter()
     reference = experiments[0]
-    for experiment in experiments:
-        per_fold = {f: [e] for f, e in embeddings[experiment.name].items()}
-        views[experiment.name] = experiment_graph_features(
-            per_fold, experiment.oof, experiment.test, experiment.name
-        )
+    inputs = {e.name: {f: [v] for f, v in embeddings[e.name].items()} for e in experiments}
     if len(experiments) > 1:
-        per_fold = {f: [embeddings[e.name][f] for e in experiments] for f in reference.folds}
-        views[FUSED] = experiment_graph_features(per_fold, reference.oof, reference.test, FUSED)
+        inputs[FUSED] = {f: [embeddings[e.name][f] for e in experiments] for f in reference.folds}
+    views = graph_feature_views(inputs, reference.oof, reference.test)
     log.info("graph features: %d graphs in %.1f s", len(views), time.perf_counter() - started)
     return views
 
