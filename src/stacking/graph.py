@@ -111,8 +111,8 @@ def cluster_tree(sims: np.ndarray) -> np.ndarray:
 
 def tree_similarity(tree: np.ndarray, n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``1 -`` the cophenetic distance of each pair in an average-linkage tree of ``n`` clips:
-    the cosine similarity at which the two clips first fall in one cluster (1 for a self-pair).
-    Every cut height at once, on the similarity scale, so it does not depend on the graph size.
+    the cosine similarity at which the two clips first fall in one cluster (1 for a self-pair):
+    every cut height at once, on the similarity scale of the cut heights.
     """
     low, high = np.minimum(left, right), np.maximum(left, right)
     same = low == high
@@ -156,8 +156,8 @@ def second_order_features(
         a, b = left[start : start + CHUNK], right[start : start + CHUNK]
         s_ab = np.where(a == b, self_sim[a], sims[a, b])
         low, high = np.minimum(a, b), np.maximum(a, b)  # one order: symmetric to the last bit
-        centred = np.einsum("ij,ij->i", projected[low], single[high]).astype(np.float64)
-        cross = centred + n * row_mean[a] * row_mean[b] - s_ab * (self_sim[a] + self_sim[b])
+        covariance_all = np.einsum("ij,ij->i", projected[low], single[high]).astype(np.float64)
+        cross = covariance_all + n * row_mean[a] * row_mean[b] - s_ab * (self_sim[a] + self_sim[b])
         sum_a = n * row_mean[a] - self_sim[a] - s_ab
         sum_b = n * row_mean[b] - self_sim[b] - s_ab
         var_a = (row_square[a] - self_sim[a] ** 2 - s_ab**2) / others - (sum_a / others) ** 2
@@ -367,7 +367,7 @@ def _solve_graphs(jobs: list[_GraphJob], settings: GraphSettings) -> list[_Graph
 
 
 GraphInput = dict[int, list[dict[str, np.ndarray]]]  # fold -> each fused model's embeddings
-GraphViews = tuple[pd.DataFrame, dict[int, pd.DataFrame]]  # OOF features, test view per fold
+OofAndTestViews = tuple[pd.DataFrame, dict[int, pd.DataFrame]]  # OOF features, test view per fold
 
 
 @dataclass(frozen=True)
@@ -402,7 +402,7 @@ def _plan_graphs(embeddings: GraphInput, oof: pd.DataFrame, test: pd.DataFrame) 
 
 def _assemble(
     plan: _GraphPlan, solved: dict[tuple[str, bytes], _GraphResult], oof: pd.DataFrame, prefix: str
-) -> GraphViews:
+) -> OofAndTestViews:
     """A prefix's OOF rows and test views from its solved graphs, each fold's trees cut at
     heights placed on the other folds' labelled trials (on the graphs' own scale)."""
     folds = sorted({fold for fold, _ in plan.where})
@@ -432,7 +432,7 @@ def graph_feature_views(
     oof: pd.DataFrame,
     test: pd.DataFrame,
     settings: GraphSettings = GraphSettings(),
-) -> dict[str, GraphViews]:
+) -> dict[str, OofAndTestViews]:
     """Graph features of several experiments (and fused sets) at once, by feature prefix: the
     distinct graphs of all of them are computed in one pool, largest first, so no core waits at
     the end of one experiment (see :func:`experiment_graph_features` for each result)."""
@@ -449,7 +449,7 @@ def experiment_graph_features(
     test: pd.DataFrame,
     prefix: str,
     settings: GraphSettings = GraphSettings(),
-) -> GraphViews:
+) -> OofAndTestViews:
     """Graph features of one experiment (or a fused graph of several): OOF rows (fold k's
     trials in fold k's OOF graph) and one test view per fold (the test pairs in the test graph
     of fold k's models).

@@ -3,7 +3,8 @@
 All are fitted by :func:`fit_pair_model` and expose the same small interface, so the fold loop
 in ``stack.py`` does not care which one the config chose. The blend (``stack.model=blend``)
 averages the two models' probabilities: trees catch interactions of the pair features, the
-linear model extrapolates smoothly where the trees saw few training pairs.
+linear model is smooth where trees fitted on a few thousand trials are coarse and noisy (on
+libri-zalo the blend's OOF EER is below either model's alone).
 
 Example
 -------
@@ -61,8 +62,8 @@ class PairModel:
         if self.kind == "lightgbm":
             return self.estimator.feature_importance("gain", iteration=self.rounds)
         if self.kind == "blend":
-            shares = [m.importance() / max(m.importance().sum(), 1e-12) for m in self.estimator]
-            return np.mean(shares, axis=0)
+            totals = [m.importance() for m in self.estimator]
+            return np.mean([t / max(t.sum(), 1e-12) for t in totals], axis=0)
         return np.abs(self.estimator[-1].coef_.ravel())
 
     def to_text(self) -> str:
