@@ -4,7 +4,8 @@ All are fitted by :func:`fit_pair_model` and expose the same small interface, so
 in ``stack.py`` does not care which one the config chose. The blend (``stack.model=blend``)
 averages the two models' probabilities: trees catch interactions of the pair features, the
 linear model is smooth where trees fitted on a few thousand trials are coarse and noisy (on
-libri-zalo the blend's OOF EER is below either model's alone).
+libri-zalo the blend's OOF EER is below LightGBM's, 3.0 vs 3.5 %, and level with the logistic
+model's).
 
 Example
 -------
