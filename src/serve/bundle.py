@@ -5,7 +5,7 @@ A bundle is one folder that holds everything the API needs and nothing from ``ou
     manifest.json                 format, versions, checksums, threshold, OOF figures
     stack/config.yaml             the stacking run's resolved config
     stack/stacker/stacker.json    groups of experiments, feature columns, fold models
-    stack/stacker/group{g}_fold{k}.txt|.json   LightGBM model text or logistic parameters
+    stack/stacker/group{g}_fold{k}.txt|.json   LightGBM model text; logistic or blend as JSON
     experiments/<run>/config.yaml              the run's resolved config, paths inside the bundle
     experiments/<run>/fold{k}/best.pt          the fold model (weights, config, gender head)
     experiments/<run>/fold{k}/cohort.npy       AS-norm cohort: unit speaker means
@@ -13,9 +13,9 @@ A bundle is one folder that holds everything the API needs and nothing from ``ou
     experiments/<run>/files/...                weights an extractor reads (pretrained, onnx kinds)
 
 :func:`verify_bundle` reads the manifest and refuses a damaged bundle (a file missing, changed or
-truncated: its size or sha256 differs) or an incompatible one (another format version, another
-sample rate than the experiments', a package the experiments need that is not installed), each
-with a :class:`BundleError` that says what is wrong and how to get a good bundle.
+truncated: its size or sha256 differs) or an incompatible one (another format version, a package
+the experiments need that is not installed), each with a :class:`BundleError` that says what is
+wrong and how to get a good bundle. (One sample rate for all runs is checked at export.)
 """
 
 from __future__ import annotations

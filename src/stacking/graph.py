@@ -198,16 +198,20 @@ def graph_similarity(vectors: np.ndarray | list[np.ndarray]) -> np.ndarray:
     if len(sets) == 1:
         return similarity(sets[0])
     # one product of the side-by-side vectors: the same mean, half the time of one per model
-    side_by_side = np.hstack([v.astype(np.float32) for v in sets])
-    return similarity(side_by_side / np.float32(np.sqrt(len(sets))))
+    return similarity(_side_by_side(sets, np.float32))
 
 
 def graph_vectors(vectors: np.ndarray | list[np.ndarray]) -> np.ndarray:
     """The graph's clips as one matrix ``W`` with ``W @ W.T`` = :func:`graph_similarity` off
     the diagonal: the models' unit vectors side by side, scaled by ``1/sqrt(models)`` (float64).
     """
-    sets = vectors if isinstance(vectors, list) else [vectors]
-    return np.hstack([v.astype(np.float64) for v in sets]) / np.sqrt(len(sets))
+    return _side_by_side(vectors if isinstance(vectors, list) else [vectors], np.float64)
+
+
+def _side_by_side(sets: list[np.ndarray], dtype: type[np.floating]) -> np.ndarray:
+    """The models' vectors of the same clips side by side, scaled by ``1/sqrt(models)``: inner
+    products of its rows are the mean of the models' cosines."""
+    return np.hstack([v.astype(dtype) for v in sets]) / dtype(np.sqrt(len(sets)))
 
 
 def graph_features(

@@ -48,7 +48,7 @@ from .features import (
     metadata_features,
     pair_gender_features,
 )
-from .graph import graph_feature_views
+from .graph import OofAndTestViews, graph_feature_views
 from .inputs import (
     ExperimentScores,
     StageInputError,
@@ -293,7 +293,7 @@ def feature_views(
     return dict.fromkeys(folds, mean_view)
 
 
-GraphViews = dict[str, tuple[pd.DataFrame, dict[int, pd.DataFrame]]]
+GraphViews = dict[str, OofAndTestViews]  # by feature prefix: an experiment, or fused
 GRAPH_GROUPS = {
     "neighbourhood": ("log_rank", "mutual_knn", "shared_knn"),
     "local normalisation": ("local_", "hubness"),
