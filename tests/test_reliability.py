@@ -220,7 +220,7 @@ def test_prepare_killed_mid_decode_or_after_the_cache_swap(zalo_root, tmp_path, 
 
     monkeypatch.setattr(prepare_module, "_decode_job", decode_then_die)
     with pytest.raises(KeyboardInterrupt):
-        prepare_stage(cfg)
+        prepare_stage(cfg, force=True)  # every file decoded (else only the added one)
     old_stamp = stamp_path(prep, "prepare").read_bytes()
 
     def old_outputs_intact() -> None:
@@ -396,8 +396,9 @@ def test_non_utf8_names_are_skipped_with_a_reason(zalo_root: Path, tmp_path: Pat
         handle.write(audio)
     prep = prepare_stage(config_for(zalo_root, tmp_path))
     bad = pd.read_csv(prep / "bad_files.csv", encoding="utf-8")
-    assert len(bad) == 4
+    assert len(bad) == 5  # the 3 files, the badly named folder's file, the folder left empty
     assert bad["reason"].str.contains("not valid UTF-8").sum() == 3
+    assert bad["reason"].str.contains("no usable audio file in this speaker folder").sum() == 1
     assert bad["reason"].str.contains("<id>-<gender>-<age>").sum() == 1
     assert bad["path"].str.contains("\\udc", regex=False).all()  # the bad byte, escaped
     manifest = read_manifest(prep)
@@ -435,7 +436,7 @@ def test_empty_test_csv_is_refused_by_prepare_and_submit(zalo_root, tmp_path, te
     csv = write_pairs_csv(zalo_root, text)
     with pytest.raises(DataLayoutError, match=message):
         prepare_stage(config_for(zalo_root, tmp_path))
-    with pytest.raises(StageInputError, match="not a readable CSV|no pairs"):
+    with pytest.raises(StageInputError, match=message):  # the same reader, the same words
         read_test_pairs(csv)
 
 

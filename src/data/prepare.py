@@ -8,7 +8,10 @@ Outputs in ``<prep_dir>``:
   resolution (the original level is in the manifest's ``rms_dbfs`` and ``peak``), read later as a
   memory map;
 - ``bad_files.csv``: every file that was skipped, with the reason;
-- ``test_pairs.csv``: the validated public-test pair list (when the CSV exists).
+- ``test_pairs.csv``: the validated public-test pair list (when the CSV exists), names cleaned
+  by :mod:`src.data.pairs` (spaces stripped, Unicode NFC) as the manifest's names are;
+- ``sources.csv``: each scanned file's size, times, inode and md5, so a rerun notices changed
+  content (:mod:`src.data.sources`) and decodes only the files that changed.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from src.config import DataConfig, ExperimentConfig
@@ -32,19 +38,19 @@ from src.data.audio import (
     peak_normalise,
     to_int16,
 )
+from src.data.pairs import DataLayoutError, clean_name, read_pair_list
+from src.data.sources import SOURCES_NAME, SourceCheck, check_sources, describe, write_records
 from src.data.zalo import (
-    DataLayoutError,
     SkippedFile,
     SourceFile,
     check_pairs_exist,
-    read_pair_csv,
     scan_test,
     scan_train,
     skipped_frame,
 )
 from src.util.io import atomic_path, write_csv, write_text
 from src.util.logs import progress
-from src.util.stage_cache import fingerprint, is_fresh, mark_done, mark_started
+from src.util.stage_cache import fingerprint, is_fresh, mark_done, mark_started, read_stamp
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +64,17 @@ MANIFEST_COLUMNS = [
 
 
 def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, dict | None, str]:
-    """Decode one file in a worker; returns (file, int16 samples, facts, error message)."""
+    """Decode one file in a worker; returns (file, int16 samples, facts, error message).
+
+    A file that cannot be used has samples ``None`` and facts ``{"md5": ...}`` (empty when the
+    file cannot be read), so its content is still recorded for the next run's check."""
     source, cfg = job
     # a test file must be answered whatever it sounds like: its silence is a warning, not a skip
     silence = cfg.silence_dbfs if source.split == "train" else None
+    try:
+        md5 = file_md5(source.path)
+    except OSError as err:
+        return source, None, {"md5": ""}, f"unreadable file: {err}"
     try:
         clip = decode_audio(
             source.path,
@@ -71,10 +84,10 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
             silence_dbfs=silence,
         )
     except AudioError as err:
-        return source, None, None, str(err)
+        return source, None, {"md5": md5}, str(err)
     except Exception as err:  # any decoder failure becomes a skip with its reason
-        return source, None, None, f"unexpected decoding error: {type(err).__name__}: {err}"
-    facts = clip_facts(clip, Path(source.path).stat().st_size) | {"md5": file_md5(source.path)}
+        return source, None, {"md5": md5}, f"unexpected decoding error: {type(err).__name__}: {err}"
+    facts = clip_facts(clip, Path(source.path).stat().st_size) | {"md5": md5}
     warning = ""
     if clip.rms_dbfs < cfg.silence_dbfs:
         warning = f"near-silent test file kept (RMS {clip.rms_dbfs:.1f} dBFS)"
@@ -134,22 +147,86 @@ def _mark_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest
 
 
+@dataclass
+class Reuse:
+    """Clips of the previous run whose file is unchanged: manifest rows by id and its cache."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: np.ndarray | None = None  # the previous audio.int16, memory-mapped
+
+
+IDENTITY_COLUMNS = ("id", "name", "path", "split", "speaker", "gender", "age", "status",
+                    "duplicate_of", "offset", "length")  # fmt: skip
+
+
+def decode_settings(cfg: DataConfig) -> str:
+    """Fingerprint of the ``data`` settings that change how a file decodes; every key not known
+    to leave decoding alone counts, so a new setting re-decodes rather than reuses."""
+    neutral = {"demo", "layout", "train_dir", "test_dir", "test_csv", "extensions", "workers",
+               "strict_test", "test_train_copies"}  # fmt: skip
+    return fingerprint({k: v for k, v in cfg.model_dump(mode="json").items() if k not in neutral})
+
+
+def reusable_clips(cfg: ExperimentConfig, check: SourceCheck) -> Reuse:
+    """The previous run's clips that need no decoding: same decode settings, file content
+    unchanged (same md5). Empty when the previous run did not finish or decoded otherwise."""
+    from src.data.cache import read_manifest  # cache.py imports this module
+
+    prep_dir = cfg.paths.prep_dir
+    cache_path = prep_dir / CACHE_NAME
+    stamp = read_stamp(prep_dir, "prepare")
+    if stamp.get("decode") != decode_settings(cfg.data) or not cache_path.is_file():
+        return Reuse()
+    try:
+        manifest = read_manifest(prep_dir)
+    except (FileNotFoundError, ValueError, pd.errors.ParserError):
+        return Reuse()
+    if not set(MANIFEST_COLUMNS) <= set(manifest.columns):  # written by an older version
+        return Reuse()
+    unchanged = manifest["md5"].to_numpy() == manifest["id"].map(check.md5).to_numpy()
+    rows = {row["id"]: row for row in manifest[unchanged].to_dict("records")}
+    size = cache_path.stat().st_size // 2
+    cache = np.memmap(cache_path, dtype=np.int16, mode="r", shape=(size,)) if size else None
+    if cache is None or any(r["offset"] + r["length"] > size for r in rows.values()):
+        return Reuse()
+    return Reuse(rows, cache)
+
+
+def _reused_result(source: SourceFile, reuse: Reuse) -> tuple[SourceFile, Any, dict, str]:
+    """A previous run's clip as :func:`_decode_job` would return it (samples from its cache)."""
+    row = reuse.rows[source.id]
+    samples = reuse.cache[int(row["offset"]) : int(row["offset"]) + int(row["length"])]
+    facts = {k: v for k, v in row.items() if k not in IDENTITY_COLUMNS}
+    return source, samples, facts, ""
+
+
 def _decode_all(
-    files: list[SourceFile], cfg: DataConfig, cache_path: Path, skipped: list[SkippedFile]
-) -> pd.DataFrame:
-    """Decode files on all cores, appending samples to the cache; return manifest rows."""
+    files: list[SourceFile],
+    cfg: DataConfig,
+    cache_path: Path,
+    skipped: list[SkippedFile],
+    reuse: Reuse | None = None,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Decode files on all cores (clips in ``reuse`` are copied from the previous cache),
+    appending samples to the cache; return manifest rows and every file's md5 by id."""
+    reuse = reuse or Reuse()
     workers = cfg.workers or os.cpu_count() or 1
     rows: list[dict] = []
+    md5: dict[str, str] = {}
     offset = 0
     started = time.perf_counter()
-    jobs = [(f, cfg) for f in files]
+    jobs = [(f, cfg) for f in files if f.id not in reuse.rows]
+    if reuse.rows:
+        log.info("decoding %d new or changed file(s); %d reused", len(jobs), len(reuse.rows))
     with atomic_path(cache_path) as tmp, open(tmp, "wb") as cache:
-        if workers > 1 and len(files) > 8:
+        if workers > 1 and len(jobs) > 8:
             with get_context("fork").Pool(workers) as pool:
-                results = pool.imap(_decode_job, jobs, chunksize=4)
-                offset = _collect(results, cache, rows, skipped, len(files))
+                decoded = pool.imap(_decode_job, jobs, chunksize=4)
+                results = _in_order(files, decoded, reuse)
+                offset = _collect(results, cache, rows, skipped, md5, len(files))
         else:
-            offset = _collect(map(_decode_job, jobs), cache, rows, skipped, len(files))
+            results = _in_order(files, map(_decode_job, jobs), reuse)
+            offset = _collect(results, cache, rows, skipped, md5, len(files))
         cache.flush()
         # the old manifest's offsets point into the old cache: it goes before the cache is replaced
         (cache_path.parent / "manifest.csv").unlink(missing_ok=True)
@@ -159,12 +236,21 @@ def _decode_all(
         "decoded %d files, %.1f s of audio in %.1f s wall (%.0f s audio / s, %d workers)",
         len(rows), seconds, wall, seconds / max(wall, 1e-9), workers,
     )  # fmt: skip
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), md5
 
 
-def _collect(results, cache, rows: list[dict], skipped: list[SkippedFile], total: int) -> int:
+def _in_order(files: list[SourceFile], decoded: Iterator, reuse: Reuse) -> Iterator:
+    """Results in ``files`` order: reused clips in place, decoded ones in job order."""
+    for source in files:
+        yield _reused_result(source, reuse) if source.id in reuse.rows else next(decoded)
+
+
+def _collect(
+    results, cache, rows: list[dict], skipped: list[SkippedFile], md5: dict[str, str], total: int
+) -> int:
     offset = 0
     for source, samples, facts, error in progress(results, "decode", total=total, unit="file"):
+        md5[source.id] = (facts or {}).get("md5", "")
         if error and samples is not None:
             log.warning("%s: %s", source.path, error)
         elif error:
@@ -185,33 +271,54 @@ def _collect(results, cache, rows: list[dict], skipped: list[SkippedFile], total
 
 
 def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
-    """Scan ``cfg.paths.input``, decode to the cache and write the manifest; returns prep dir."""
+    """Scan ``cfg.paths.input``, decode to the cache and write the manifest; returns prep dir.
+
+    Reused when the config, the pair list and every file's content are unchanged; otherwise
+    only new or changed files are decoded (all of them with ``force`` or other decode settings).
+    """
     root = cfg.paths.input
     prep_dir = cfg.paths.prep_dir
     skipped: list[SkippedFile] = []
     files = scan_train(root, cfg.data, skipped) + scan_test(root, cfg.data, skipped)
+    scan_skips = [s.path for s in skipped]
     csv_path = root / cfg.data.test_csv
-    pairs = read_pair_csv(csv_path) if csv_path.is_file() else None
+    pair_list = read_pair_list(csv_path) if csv_path.is_file() else None
+    pairs = pair_list.pairs if pair_list is not None else None
     if pairs is None:
         log.warning("no %s: there will be no submission for this data", csv_path)
-    stamp = fingerprint(
-        cfg.data.model_dump(mode="json"),
-        [(f.id, os.stat(f.path).st_size, os.stat(f.path).st_mtime_ns) for f in files],
-        [s.path for s in skipped],
-        pairs.to_csv(index=False) if pairs is not None else None,
-    )
-    outputs = [prep_dir / n for n in ("manifest.csv", CACHE_NAME, "bad_files.csv", COPIES_NAME)]
-    if not force and is_fresh(prep_dir, "prepare", stamp, outputs):
-        log.info("prepare: inputs unchanged, reusing %s", prep_dir)
+    check = check_sources(files, prep_dir)
+
+    def stamp(md5: dict[str, str]) -> str:
+        return fingerprint(
+            cfg.data.model_dump(mode="json"),
+            [(f.id, md5.get(f.id)) for f in files],
+            scan_skips,
+            pairs.to_csv(index=False) if pairs is not None else None,
+        )
+
+    names = ("manifest.csv", CACHE_NAME, "bad_files.csv", COPIES_NAME, SOURCES_NAME)
+    outputs = [prep_dir / name for name in names]
+    if not force and not check.changed and is_fresh(prep_dir, "prepare", stamp(check.md5), outputs):
+        if check.hashed:  # same content under new times or inodes: remember them
+            write_records(prep_dir / SOURCES_NAME, files, check, check.md5)
+        log.info("prepare: inputs unchanged (%s), reusing %s", describe(check, files), prep_dir)
         return prep_dir
+    if check.changed and (prep_dir / SOURCES_NAME).is_file():
+        log.info(
+            "prepare: %d file(s) new or changed since the last run (e.g. %s)",
+            len(check.changed), ", ".join(check.changed[:3]),
+        )  # fmt: skip
     if pairs is not None and cfg.data.strict_test:
         check_pairs_exist(pairs, {f.name for f in files if f.split == "test"}, csv_path)
 
+    reuse = Reuse() if force else reusable_clips(cfg, check)
     staging = prep_dir / ".staging"  # built aside: a failure leaves the last good outputs
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        manifest = build_outputs(cfg, files, skipped, pairs, csv_path, staging)
+        manifest, md5 = build_outputs(cfg, files, skipped, pairs, csv_path, staging, reuse)
+        del reuse  # the previous cache's memory map, before that cache is replaced
+        write_records(staging / SOURCES_NAME, files, check, md5)
         mark_started(prep_dir, "prepare")
         promote(staging, prep_dir)
     finally:
@@ -220,7 +327,7 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         (prep_dir / "test_pairs.csv").unlink(missing_ok=True)
         (prep_dir / FALLBACK_NAME).unlink(missing_ok=True)
     _log_counts(manifest, skipped)
-    mark_done(prep_dir, "prepare", stamp)
+    mark_done(prep_dir, "prepare", stamp(md5), decode=decode_settings(cfg.data))
     return prep_dir
 
 
@@ -231,10 +338,13 @@ def build_outputs(
     pairs: pd.DataFrame | None,
     csv_path: Path,
     out: Path,
-) -> pd.DataFrame:
-    """Decode every file and write the cache, manifest and lists into ``out``; the manifest."""
-    manifest = _decode_all(files, cfg.data, out / CACHE_NAME, skipped)
+    reuse: Reuse | None = None,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Decode every file and write the cache, manifest and lists into ``out``; the manifest and
+    each file's md5 by id."""
+    manifest, md5 = _decode_all(files, cfg.data, out / CACHE_NAME, skipped, reuse)
     manifest = _mark_duplicates(manifest)
+    _log_truncated(manifest, cfg.data.max_duration)
     copies = test_train_copies(manifest)
     where = cfg.paths.prep_dir / COPIES_NAME
     check_test_train_copies(copies, cfg.data.test_train_copies, where)
@@ -266,7 +376,7 @@ def build_outputs(
         write_csv(out / "test_pairs.csv", pairs.drop(index=fallback["row"]))
     write_csv(out / "manifest.csv", manifest)
     write_text(out / "README.txt", "Written by `python -m src prepare`; see src/data/prepare.py\n")
-    return manifest
+    return manifest, md5
 
 
 def fallback_pairs(
@@ -274,7 +384,7 @@ def fallback_pairs(
 ) -> pd.DataFrame:
     """Rows of the test CSV that name a file with no usable audio, and why (``row`` is the
     0-based row of the CSV)."""
-    reasons = {Path(s.path).name: s.reason for s in skipped if s.split == "test"}
+    reasons = {clean_name(Path(s.path).name): s.reason for s in skipped if s.split == "test"}
 
     def why(name: str) -> str:
         return f"{name}: {reasons.get(name, 'not in the test folder')}"
@@ -309,6 +419,18 @@ def promote(staging: Path, target: Path) -> None:
         if item.name != "manifest.csv":
             os.replace(item, target / item.name)
     os.replace(staging / "manifest.csv", target / "manifest.csv")
+
+
+def _log_truncated(manifest: pd.DataFrame, max_duration: float) -> None:
+    """Name the clips cut at ``data.max_duration`` (flagged ``truncated`` in the manifest, listed
+    in the report): only their first ``max_duration`` seconds are used."""
+    cut = manifest.loc[manifest["truncated"].astype(bool), "id"]
+    if len(cut):
+        log.warning(
+            "%d clip(s) longer than data.max_duration=%g s are truncated to it (manifest column "
+            "'truncated', listed in the report): %s%s",
+            len(cut), max_duration, ", ".join(cut[:5]), ", ..." if len(cut) > 5 else "",
+        )  # fmt: skip
 
 
 def _log_counts(manifest: pd.DataFrame, skipped: list[SkippedFile]) -> None:

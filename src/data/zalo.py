@@ -21,15 +21,13 @@ from pathlib import Path
 import pandas as pd
 
 from src.config import DataConfig
+from src.data.pairs import PAIR_COLUMNS, DataLayoutError, clean_name, read_pair_csv
+
+__all__ = ["DataLayoutError", "read_pair_csv"]  # re-exported: their home is src.data.pairs
 
 log = logging.getLogger(__name__)
 
 SPEAKER_DIR = re.compile(r"^(?P<speaker>[^-\s]+)-(?P<gender>[MFmf]|NA)-(?P<age>\d{1,3}|NA)$")
-PAIR_COLUMNS = ["audio_1", "audio_2"]
-
-
-class DataLayoutError(ValueError):
-    """The data folder or its CSV cannot be used; the message says what and where."""
 
 
 @dataclass(frozen=True)
@@ -84,15 +82,23 @@ def _audio_files(
 
 
 def scan_train(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[SourceFile]:
-    """Files of ``root/train``; badly named speaker folders are skipped with a reason."""
+    """Files of ``root/train``; badly named and empty speaker folders are skipped with a reason.
+
+    Raises
+    ------
+    DataLayoutError
+        No training folder, or two files (or speaker folders) whose names are the same once
+        normalised (:func:`src.data.pairs.clean_name`); the message names both.
+    """
     train_dir = root / cfg.train_dir
     if not train_dir.is_dir():
         raise DataLayoutError(f"no training folder {train_dir}")
+    folders = _unique_folders(train_dir)
     if cfg.layout == "speaker_folders":
-        return _scan_speaker_folders(root, train_dir, cfg, skipped)
+        return _scan_speaker_folders(root, train_dir, folders, cfg, skipped)
     found = []
-    for folder in sorted(p for p in train_dir.iterdir() if p.is_dir()):
-        match = SPEAKER_DIR.match(folder.name)
+    for folder in folders:
+        match = SPEAKER_DIR.match(clean_name(folder.name))
         if match is None:
             reason = f"speaker folder {folder.name!r} is not in <id>-<gender>-<age> form"
             skipped.extend(
@@ -103,15 +109,59 @@ def scan_train(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[
         gender = match["gender"].upper() if match["gender"] != "NA" else "NA"
         found.extend(
             _source(root, path, "train", match["speaker"], gender, match["age"])
-            for path in _audio_files(folder, "train", cfg, skipped)
+            for path in _speaker_audio(folder, cfg, skipped)
         )
-    return found
+    return _unique_ids(found)
+
+
+def _speaker_audio(
+    folder: Path, cfg: DataConfig, skipped: list[SkippedFile], recursive: bool = False
+) -> list[Path]:
+    """A speaker folder's audio files; a folder without any is listed in ``skipped`` (with
+    path ``<folder>/``) and logged, so a speaker never disappears silently."""
+    files = _audio_files(folder, "train", cfg, skipped, recursive)
+    if not files:
+        has_files = any(p.is_file() for p in (folder.rglob("*") if recursive else folder.iterdir()))
+        reason = (
+            "no usable audio file in this speaker folder" if has_files else "empty speaker folder"
+        )
+        skipped.append(SkippedFile(_shown(folder) + "/", "train", reason))
+        log.warning("skipping speaker folder %s: %s", _shown(folder), reason)
+    return files
+
+
+def _unique_folders(parent: Path) -> list[Path]:
+    """Sub-folders of ``parent``, refusing two whose names are the same once normalised."""
+    folders = sorted(p for p in parent.iterdir() if p.is_dir())
+    _refuse_collisions([(clean_name(f.name), _shown(f)) for f in folders])
+    return folders
+
+
+def _unique_ids(files: list[SourceFile]) -> list[SourceFile]:
+    _refuse_collisions([(f.id, f.path) for f in files])
+    return files
+
+
+def _refuse_collisions(keyed: list[tuple[str, str]]) -> None:
+    """Raise naming the first two paths that share a normalised name (``keyed``: name, path)."""
+    seen: dict[str, str] = {}
+    for key, path in keyed:
+        if key in seen:
+            raise DataLayoutError(
+                f"{seen[key]!r} and {path!r} have the same name once normalised ({key!r}: "
+                "Unicode NFC, surrounding spaces removed), so a CSV cannot tell them apart; "
+                "rename or remove one"
+            )
+        seen[key] = path
 
 
 def _source(root: Path, path: Path, split: str, speaker: str, gender: str, age: str) -> SourceFile:
+    """A found file; ``id`` and ``name`` are normalised (:func:`clean_name`) so that they match
+    the names of a CSV, ``path`` is the file's real path."""
+    relative = path.relative_to(root).parts
     return SourceFile(
-        id=path.relative_to(root).as_posix(),
-        name=path.name,
+        id="/".join(clean_name(part) for part in relative),
+        name=clean_name(path.name),
         path=str(path),
         split=split,
         speaker=speaker,
@@ -121,16 +171,18 @@ def _source(root: Path, path: Path, split: str, speaker: str, gender: str, age: 
 
 
 def _scan_speaker_folders(
-    root: Path, train_dir: Path, cfg: DataConfig, skipped: list[SkippedFile]
+    root: Path, train_dir: Path, folders: list[Path], cfg: DataConfig, skipped: list[SkippedFile]
 ) -> list[SourceFile]:
     """One speaker per sub-folder of ``train_dir`` (any name), audio at any depth below it."""
     for stray in sorted(p for p in train_dir.iterdir() if p.is_file()):
         skipped.append(SkippedFile(_shown(stray), "train", "file outside any speaker folder"))
-    return [
-        _source(root, path, "train", folder.name, "NA", "NA")
-        for folder in sorted(p for p in train_dir.iterdir() if p.is_dir())
-        for path in _audio_files(folder, "train", cfg, skipped, recursive=True)
-    ]
+    return _unique_ids(
+        [
+            _source(root, path, "train", clean_name(folder.name), "NA", "NA")
+            for folder in folders
+            for path in _speaker_audio(folder, cfg, skipped, recursive=True)
+        ]
+    )
 
 
 def scan_test(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[SourceFile]:
@@ -138,49 +190,8 @@ def scan_test(root: Path, cfg: DataConfig, skipped: list[SkippedFile]) -> list[S
     if not test_dir.is_dir():
         log.warning("no test folder %s: only training data will be prepared", test_dir)
         return []
-    return [
-        _source(root, path, "test", "", "", "")
-        for path in _audio_files(test_dir, "test", cfg, skipped)
-    ]
-
-
-def read_pair_csv(csv_path: Path) -> pd.DataFrame:
-    """Read ``audio_1,audio_2`` pairs, refusing missing columns or empty cells.
-
-    Extra columns are dropped with a warning; duplicate rows and self-pairs are kept (the
-    submission must echo every row) but logged.
-    """
-    try:
-        pairs = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataLayoutError(f"{csv_path}: not valid UTF-8 text ({err})") from None
-    except pd.errors.ParserError as err:
-        raise DataLayoutError(f"{csv_path}: not a readable CSV ({err})") from None
-    except pd.errors.EmptyDataError:
-        raise DataLayoutError(f"{csv_path}: empty file, expected header audio_1,audio_2") from None
-    pairs.columns = [str(c).strip() for c in pairs.columns]
-    missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
-    if missing:
-        raise DataLayoutError(
-            f"{csv_path}: missing column(s) {missing}; found {list(pairs.columns)}"
-        )
-    if pairs.empty:
-        raise DataLayoutError(f"{csv_path}: no pairs, only a header")
-    extra = [c for c in pairs.columns if c not in PAIR_COLUMNS]
-    if extra:
-        log.warning("%s: ignoring extra column(s) %s", csv_path, extra)
-    pairs = pairs[PAIR_COLUMNS].apply(lambda col: col.str.strip())
-    empty = pairs.index[(pairs == "").any(axis=1)]
-    if len(empty):
-        rows = ", ".join(str(i + 2) for i in empty[:5])
-        raise DataLayoutError(f"{csv_path}: empty file name on line(s) {rows}")
-    n_dup = int(pairs.duplicated().sum())
-    if n_dup:
-        log.warning("%s: %d duplicate row(s); each is kept and answered", csv_path, n_dup)
-    n_self = int((pairs["audio_1"] == pairs["audio_2"]).sum())
-    if n_self:
-        log.warning("%s: %d row(s) pair a file with itself", csv_path, n_self)
-    return pairs
+    found = _audio_files(test_dir, "test", cfg, skipped)
+    return _unique_ids([_source(root, path, "test", "", "", "") for path in found])
 
 
 def check_pairs_exist(pairs: pd.DataFrame, available: set[str], csv_path: Path) -> None:

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from src.config import ExperimentConfig
+from src.data.pairs import DataLayoutError, read_answer_key, read_pair_csv
 from src.data.prepare import read_fallback_pairs
-from src.data.zalo import read_pair_csv
 from src.inference.embed import load_embeddings
 from src.inference.gender import gather_gender_tables
 from src.inference.metrics import accuracy_at, balanced_threshold, summarise
@@ -250,7 +250,11 @@ def _test_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
     key_path = answer_key_path(cfg)
     if not key_path.is_file():
         return {}
-    key = pd.read_csv(key_path, dtype={"audio_1": str, "audio_2": str})
+    try:
+        key = read_answer_key(key_path)  # names cleaned as the test CSV's are
+    except DataLayoutError as err:
+        log.warning("%s: no test metrics", err)
+        return {"answer_key_problem": str(err)}
     # rows naming a damaged file are not among the scored pairs (submit answers them)
     fallback = read_fallback_pairs(cfg.paths.prep_dir)["row"].tolist()
     if len(fallback) and len(key) == len(table) + len(fallback):

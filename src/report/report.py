@@ -23,9 +23,16 @@ import numpy as np
 import pandas as pd
 
 from src.config import ExperimentConfig
+from src.data.pairs import DataLayoutError, read_answer_key
 from src.data.prepare import read_fallback_pairs
 from src.inference.metrics import equal_error_rate, summarise
-from src.stacking.inputs import PAIR_KEYS, load_manifest, read_csv, read_test_pairs
+from src.stacking.inputs import (
+    PAIR_KEYS,
+    StageInputError,
+    load_manifest,
+    read_csv,
+    read_test_pairs,
+)
 from src.stacking.submit import POLICIES, apply_policy, balanced_labels
 from src.util.io import read_json, write_csv, write_json, write_text
 
@@ -105,8 +112,10 @@ def read_test_labels(path: Path, expected: pd.DataFrame) -> tuple[np.ndarray | N
     """
     if not path.is_file():
         return None, ""
-    labels = read_csv(path, [*PAIR_KEYS, "label"], "test labels")
-    labels[PAIR_KEYS] = labels[PAIR_KEYS].astype(str)
+    try:
+        labels = read_answer_key(path)  # names cleaned as the test CSV's are
+    except DataLayoutError as err:
+        raise StageInputError(str(err)) from None
     if labels[PAIR_KEYS].reset_index(drop=True).equals(expected.reset_index(drop=True)):
         return labels["label"].to_numpy(dtype=np.int64), ""
     by_pair = labels.drop_duplicates(PAIR_KEYS).set_index(PAIR_KEYS)["label"]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import json
 import logging
 import socket
@@ -53,6 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from src.config import ExperimentConfig, ServeConfig
+from src.data.pairs import DataLayoutError, clean_name, pair_list_from_rows, pair_list_from_text
 
 from .ensemble import BundleModel, Clip
 from .uploads import UploadError, decode_upload
@@ -257,11 +257,9 @@ def create_app(model: BundleModel, serve: ServeConfig) -> FastAPI:
                 413, detail=f"too many files: {len(files)} > {serve.max_batch_files}"
             )
         uploads: dict[str, bytes] = {}
+        sent: dict[str, str] = {}
         for upload in files:
-            name = upload.filename or ""
-            if not name or name in uploads:
-                raise HTTPException(400, detail=f"file names must be unique and given: {name!r}")
-            uploads[name] = await upload.read()
+            uploads[upload_name(upload.filename, sent)] = await upload.read()
         table = parse_pairs(pairs, set(uploads), serve.max_batch_pairs)
         try:
             return await queue.run(score_batch, uploads, table)
@@ -281,31 +279,48 @@ def run_scores(model: BundleModel, row: Any) -> dict[str, dict[str, float]]:
 
 
 def parse_pairs(text: str, names: set[str], max_pairs: int) -> pd.DataFrame:
-    """The ``pairs`` field of a batch: CSV with ``audio_1,audio_2`` or a JSON list of pairs.
+    """The ``pairs`` field of a batch: CSV with ``audio_1,audio_2`` or a JSON list of pairs,
+    read by the pipeline's pair-list reader (:mod:`src.data.pairs`: spaces, BOM, CRLF and
+    Unicode forms tolerated as ``prepare`` tolerates them); ``names`` are the cleaned upload
+    names.
 
     Raises a 400 HTTPException for unreadable text, a pair naming a file not sent, or none.
     """
     try:
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-            if not all(isinstance(r, list) and len(r) == 2 for r in rows):
-                raise ValueError("each JSON pair must be a list of two file names")
-            table = pd.DataFrame(rows, columns=["audio_1", "audio_2"], dtype=str)
+        if text.lstrip("\ufeff \t\r\n").startswith("["):
+            rows = json.loads(text.lstrip("\ufeff"))
+            if not isinstance(rows, list):
+                raise DataLayoutError("pairs: a JSON pair list must be a list")
+            table = pair_list_from_rows(rows, "pairs").pairs
         else:
-            table = pd.read_csv(io.StringIO(text), dtype=str)
-    except (ValueError, pd.errors.ParserError) as err:
+            table = pair_list_from_text(text, "pairs", log_rows=False).pairs
+    except json.JSONDecodeError as err:
         raise HTTPException(400, detail=f"pairs: not a CSV or JSON pair list ({err})") from None
-    if not {"audio_1", "audio_2"} <= set(table.columns):
-        raise HTTPException(400, detail="pairs: the CSV needs the columns audio_1,audio_2")
-    table = table[["audio_1", "audio_2"]]
-    if table.empty:
-        raise HTTPException(400, detail="pairs: no pairs")
+    except DataLayoutError as err:
+        raise HTTPException(400, detail=str(err)) from None
     if len(table) > max_pairs:
         raise HTTPException(413, detail=f"pairs: {len(table)} > {max_pairs} in one request")
     unknown = sorted((set(table["audio_1"]) | set(table["audio_2"])) - names)
     if unknown:
         raise HTTPException(400, detail=f"pairs name files that were not sent: {unknown[:5]}")
     return table.reset_index(drop=True)
+
+
+def upload_name(filename: str | None, taken: dict[str, str]) -> str:
+    """An uploaded file's name as pairs refer to it (:func:`src.data.pairs.clean_name`);
+    ``taken`` maps the names already used to the names as sent. Raises a 400 HTTPException
+    for a missing name, or one that another upload already has once normalised."""
+    name = clean_name(filename or "")
+    if not name:
+        raise HTTPException(400, detail=f"file names must be unique and given: {filename!r}")
+    if name in taken:
+        raise HTTPException(
+            400,
+            detail=f"file names must be unique: {taken[name]!r} and {filename!r} are the same "
+            f"name {name!r} once normalised (Unicode NFC, surrounding spaces removed)",
+        )
+    taken[name] = str(filename)
+    return name
 
 
 class ContentLengthLimit:

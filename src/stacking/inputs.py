@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.data.pairs import DataLayoutError, PairList, read_pair_list
+
 from .features import SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -169,8 +171,17 @@ def test_gender_by_name(p_male: pd.Series, manifest: pd.DataFrame) -> pd.Series:
 
 
 def read_test_pairs(path: Path) -> pd.DataFrame:
-    """``public-test.csv``: the pairs (file names) a submission must label, in order."""
-    frame = read_csv(path, PAIR_KEYS, "test pair list")
-    if frame.empty:
-        raise StageInputError(f"{path}: no pairs to label, only a header")
-    return frame[PAIR_KEYS].astype(str)
+    """``public-test.csv``: the pairs (file names, cleaned as ``prepare`` cleans them) a
+    submission must label, in order."""
+    return read_test_pair_list(path).pairs
+
+
+def read_test_pair_list(path: Path) -> PairList:
+    """``public-test.csv`` read by the one pair-list reader (:mod:`src.data.pairs`) that
+    ``prepare`` uses: cleaned names to match, and the rows as written to repeat."""
+    if not path.is_file():
+        raise StageInputError(f"test pair list not found: {path}")
+    try:
+        return read_pair_list(path, log_rows=False)
+    except DataLayoutError as err:
+        raise StageInputError(str(err)) from None

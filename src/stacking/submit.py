@@ -31,11 +31,12 @@ import numpy as np
 import pandas as pd
 
 from src.config import ExperimentConfig
+from src.data.pairs import PairList, first_difference
 from src.data.prepare import FALLBACK_NAME, read_fallback_pairs
 from src.inference.metrics import best_accuracy, equal_error_rate
 from src.util.io import write_csv
 
-from .inputs import PAIR_KEYS, read_csv, read_test_pairs
+from .inputs import PAIR_KEYS, read_csv, read_test_pair_list
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +123,15 @@ def check_submission(submission: pd.DataFrame, expected: pd.DataFrame) -> None:
         got_count, want_count = Counter(got), Counter(want)
         missing = list((want_count - got_count).elements())
         extra = list((got_count - want_count).elements())
+        where = first_difference(submission, expected)
+        where = f"first difference (submission vs public-test.csv) at {where}"
         if missing or extra:
             raise SubmissionError(
                 f"submission has {len(got)} rows, public-test.csv {len(want)}: "
                 f"{len(missing)} missing (e.g. {missing[:3]}), "
-                f"{len(extra)} extra (e.g. {extra[:3]})"
+                f"{len(extra)} extra (e.g. {extra[:3]}); {where}"
             )
-        first = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
-        raise SubmissionError(
-            f"submission rows are out of order: row {first} is {got[first]}, "
-            f"public-test.csv has {want[first]}"
-        )
+        raise SubmissionError(f"submission rows are out of order: {where}")
     labels = pd.to_numeric(submission["label"], errors="coerce")
     if labels.isna().any() or not labels.isin([0, 1]).all():
         bad = submission["label"][labels.isna() | ~labels.isin([0, 1])]
@@ -334,6 +333,24 @@ def read_fallback(cfg: ExperimentConfig, expected: pd.DataFrame) -> pd.DataFrame
     return fallback
 
 
+def as_written(table: pd.DataFrame, pair_list: PairList) -> pd.DataFrame:
+    """``table`` (checked against the cleaned test rows, in their order) with the file names
+    as the test CSV spells them, so the submission repeats the user's rows exactly.
+
+    Example
+    -------
+    >>> from src.data.pairs import pair_list_from_text
+    >>> rows = pair_list_from_text("audio_1,audio_2\na.wav, b.wav\n", "csv")
+    >>> as_written(rows.pairs.assign(label=1), rows)["audio_2"].tolist()
+    [' b.wav']
+    """
+    check_submission(table.assign(label=0), pair_list.pairs)
+    return table.assign(
+        audio_1=pair_list.written["audio_1"].to_numpy(),
+        audio_2=pair_list.written["audio_2"].to_numpy(),
+    )
+
+
 def submit_stage(cfg: ExperimentConfig) -> None:
     """CLI entry: write ``<outputs>/submission.csv`` and ``<outputs>/submission_scores.csv``.
 
@@ -341,7 +358,8 @@ def submit_stage(cfg: ExperimentConfig) -> None:
     fallback answer (see :func:`with_fallback_rows`), flagged in the scores file; the submission
     still has every row of the test CSV.
     """
-    full = read_test_pairs(cfg.paths.input / cfg.data.test_csv)
+    pair_list = read_test_pair_list(cfg.paths.input / cfg.data.test_csv)
+    full = pair_list.pairs
     fallback = read_fallback(cfg, full)
     expected = full.drop(index=fallback["row"]).reset_index(drop=True)
     source = load_source(cfg)
@@ -372,6 +390,7 @@ def submit_stage(cfg: ExperimentConfig) -> None:
             int(cfg.submit.positive_share >= 0.5),
             cfg.submission_scores_path.name,
         )
+    table = as_written(table, pair_list)
     write_csv(cfg.submission_scores_path, table)
     write_csv(cfg.submission_path, table[[*PAIR_KEYS, "label"]])
     log.info(

@@ -3,7 +3,8 @@
 A rerun whose fingerprint matches the stored one (and whose outputs still exist) is skipped; any
 change of an input file's content or of the config section redoes the stage. Intermediate files
 are fingerprinted by content (a rerun that rewrites identical bytes does not invalidate what
-follows); raw audio folders, too large to hash on every run, by size and modification time.
+follows); raw audio folders, too large to hash on every run, by content too, read only for
+files whose size, times or inode differ from the record (``src/data/sources.py``).
 A stage removes its stamp when it starts rewriting (:func:`mark_started`) and writes it last
 (:func:`mark_done`), so a crash in between is always redone, never reused.
 """
@@ -69,5 +70,15 @@ def mark_started(stage_dir: Path, stage: str, stale: Iterable[Path] = ()) -> Non
         Path(path).unlink(missing_ok=True)
 
 
-def mark_done(stage_dir: Path, stage: str, stamp: str) -> None:
-    write_json(stamp_path(stage_dir, stage), {"stage": stage, "fingerprint": stamp})
+def mark_done(stage_dir: Path, stage: str, stamp: str, **details: Any) -> None:
+    """Write the stamp (last); ``details`` are kept beside it for the stage's next run."""
+    write_json(stamp_path(stage_dir, stage), {**details, "stage": stage, "fingerprint": stamp})
+
+
+def read_stamp(stage_dir: Path, stage: str) -> dict[str, Any]:
+    """The stored stamp of ``stage`` with its details; empty when there is none (or unreadable)."""
+    try:
+        stored = json.loads(stamp_path(stage_dir, stage).read_text())
+    except (json.JSONDecodeError, OSError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
