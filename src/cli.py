@@ -26,6 +26,7 @@ from src.config import (
     load_config,
     parse_override,
 )
+from src.runner import RunError, no_input_error
 from src.training.large_margin import first_level_configs
 from src.util.io import read_json, write_json, write_text
 from src.util.logs import setup_logging
@@ -181,16 +182,27 @@ def run_stage(stage: str, cfg: ExperimentConfig, args: argparse.Namespace) -> No
     call_stage(stage, cfg, args.fold, force=args.force, resume=args.resume)
 
 
-def pick_default_config(overrides: list[str]) -> Path:
+def pick_default_config(overrides: list[str], demo: bool = False) -> Path:
     """``run`` without ``--config``: the demo for the demo data, a real recipe for real data
-    (in ``input/``, or the folder a ``paths.input=...`` override names); logged with why."""
-    from src.runner import default_config
+    (in ``input/``, or the folder a ``paths.input=...`` override names); logged with why.
 
-    folder = Path("input")
+    Raises
+    ------
+    RunError
+        When ``paths.input=...`` names a folder that is missing or empty (and not ``--demo``):
+        the demo is made only in the default ``input/``, never in a folder the user named.
+    """
+    from src.runner import DEFAULT_INPUT, default_config, has_input, is_default_input
+
+    folder = DEFAULT_INPUT
     for text in overrides:
         keys, value = parse_override(text)
         if keys == ["paths", "input"] and value is not None:
             folder = Path(str(value))
+    if not demo and not has_input(folder) and not is_default_input(folder):
+        raise no_input_error(
+            folder, "or fix the paths.input override; `--demo` writes the demo data set there"
+        )
     config, why = default_config(folder, DEFAULT_RUN_CONFIG.parent)
     log.info("no --config: %s (%s)", config.relative_to(REPO), why)
     return config
@@ -234,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.stage == "run" and args.config is None:
-            args.config = pick_default_config(args.overrides)
+            args.config = pick_default_config(args.overrides, args.demo)
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
+    except (ConfigError, RunError) as err:
         log.error("%s", err)
         return 2
     try:

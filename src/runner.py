@@ -2,8 +2,10 @@
 
 One process imports torch once, so a fully cached rerun (every stage reused) takes seconds.
 Stages are named or numbered (``--stage train --stop-stage 4``); an empty range is refused. Demo
-data is generated only for a demo config (``data.demo: true``) or with ``--demo``; any other
-config whose input folder is missing or empty stops with the path and the expected layout.
+data is generated only into the default ``input/`` by a demo config (``data.demo: true``), or
+wherever ``--demo`` is given; an input folder that is missing or empty otherwise (one the user
+named on the command line or in a config, or any folder of a non-demo config) stops with the
+path and the expected layout.
 """
 
 from __future__ import annotations
@@ -50,8 +52,24 @@ def stage_range(start: str, stop: str) -> list[str]:
     return list(PIPELINE[first : last + 1])
 
 
+DEFAULT_INPUT = Path("input")  # paths.input's default: the only folder demo data goes to unasked
+
+
 def has_input(folder: Path) -> bool:
     return folder.is_dir() and any(p.name != ".gitkeep" for p in folder.iterdir())
+
+
+def is_default_input(folder: Path) -> bool:
+    """Whether ``folder`` is the default ``input/`` (relative to the working directory)."""
+    return Path(folder).resolve() == DEFAULT_INPUT.resolve()
+
+
+def no_input_error(folder: Path, hint: str) -> RunError:
+    """The error for a named input folder that is missing or empty: the path, the layout."""
+    state = "is empty" if folder.is_dir() else "does not exist"
+    return RunError(
+        f"input folder {folder} {state}: put your data there in the Zalo layout ({LAYOUT}), {hint}"
+    )
 
 
 def is_demo_data(folder: Path) -> bool:
@@ -83,17 +101,17 @@ def ensure_input(cfg: ExperimentConfig, demo: bool) -> None:
     Raises
     ------
     RunError
-        For a non-demo config whose input folder is missing or empty.
+        For an input folder that is missing or empty, unless ``demo`` (``--demo``) asks for
+        the demo data there, or a demo config (``data.demo``) reads the default ``input/``.
     """
     folder = cfg.paths.input
     if has_input(folder):
         return
-    if not (demo or cfg.data.demo):
-        state = "is empty" if folder.is_dir() else "does not exist"
-        raise RunError(
-            f"input folder {folder} {state}: put your data there in the Zalo layout ({LAYOUT}), "
-            "or point paths.input at it; demo data is generated only for configs/demo.yaml "
-            "or with --demo"
+    if not (demo or (cfg.data.demo and is_default_input(folder))):
+        raise no_input_error(
+            folder,
+            "or point paths.input at it; demo data is generated only into the default input/ "
+            "(configs/demo.yaml), or with --demo",
         )
     from src.data.demo import generate_demo
 

@@ -54,7 +54,10 @@ def assign_folds(files: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
         .sort_values("speaker", kind="mergesort")
     )
     if len(speakers) < n_folds:
-        raise ValueError(f"{len(speakers)} speakers cannot fill {n_folds} folds")
+        raise ValueError(
+            f"{len(speakers)} speakers with usable training files cannot fill {n_folds} folds; "
+            f"{_largest_hint(files, seed, len(speakers))}"
+        )
     rng = np.random.default_rng(seed)
     speakers = speakers.iloc[rng.permutation(len(speakers))]
     files_per_fold = np.zeros(n_folds)
@@ -73,6 +76,60 @@ def assign_folds(files: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
             files_per_fold[fold] += n_files
     speakers["fold"] = speakers["speaker"].map(folds)
     return speakers.sort_values(["fold", "speaker"]).reset_index(drop=True)
+
+
+def fold_shortfall(files: pd.DataFrame) -> str:
+    """Why one fold's usable files can form no trials ('' when they can).
+
+    Different-speaker trials need two speakers in the fold; same-speaker trials need a speaker
+    with two files. (The trial list keeps its positive share exact, so either lack empties it.)
+    """
+    per_speaker = files.groupby("speaker").size()
+    if len(per_speaker) < 2:
+        return (
+            f"it has {len(per_speaker)} speaker(s) ({len(files)} usable files), so it can form "
+            "no different-speaker trials (a fold needs 2 speakers or more)"
+        )
+    if not (per_speaker >= 2).any():
+        return (
+            f"none of its {len(per_speaker)} speakers has two usable training files, so it can "
+            "form no same-speaker trials"
+        )
+    return ""
+
+
+def largest_workable_folds(files: pd.DataFrame, seed: int, at_most: int) -> int:
+    """The largest ``n_folds`` (2 .. ``at_most``) whose every fold can form trials; 0 if none."""
+    n_speakers = files["speaker"].nunique()
+    for n_folds in range(min(at_most, n_speakers), 1, -1):
+        fold_of = assign_folds(files, n_folds, seed).set_index("speaker")["fold"]
+        folds = files["speaker"].map(fold_of)
+        if all(not fold_shortfall(files[folds == k]) for k in range(n_folds)):
+            return n_folds
+    return 0
+
+
+def _largest_hint(files: pd.DataFrame, seed: int, at_most: int) -> str:
+    best = largest_workable_folds(files, seed, at_most)
+    if best:
+        return f"the largest folds.n_folds that works for this data is {best}"
+    return "no folds.n_folds works for this data: add speakers with two or more usable files"
+
+
+def check_folds(files: pd.DataFrame, speakers: pd.DataFrame, n_folds: int, seed: int) -> None:
+    """Raise, before anything is written, when a fold can form no trials: naming each such
+    fold, the cause (:func:`fold_shortfall`) and the largest ``n_folds`` that works."""
+    fold_of = speakers.set_index("speaker")["fold"]
+    folds = files["speaker"].map(fold_of)
+    problems = [
+        f"fold {k}: {why}" for k in range(n_folds) if (why := fold_shortfall(files[folds == k]))
+    ]
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise ValueError(
+            f"folds.n_folds={n_folds} leaves {len(problems)} fold(s) without trials ({shown}); "
+            f"{_largest_hint(files, seed, n_folds - 1)}"
+        )
 
 
 def _pair_budget(n_files: int, cfg: FoldsConfig, rng: np.random.Generator) -> np.ndarray:
@@ -174,16 +231,19 @@ def folds_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         return
     files = training_files(read_manifest(cfg.paths.prep_dir))
     speakers = assign_folds(files, cfg.folds.n_folds, cfg.seed)
+    check_folds(files, speakers, cfg.folds.n_folds, cfg.seed)
     # folds.csv is written last: a run killed half way leaves none, never one beside old trials
     mark_started(out, "folds", [out / "folds.csv"])
     fold_of = dict(zip(speakers["speaker"], speakers["fold"], strict=True))
     for fold in range(cfg.folds.n_folds):
         fold_files = files[files["speaker"].map(fold_of) == fold]
         trials = make_trials(fold_files, cfg.folds, cfg.seed * 1000 + fold)
-        if trials.empty:
+        if trials.empty:  # every fold passed check_folds: too few files for the pair budget
             raise ValueError(
-                f"fold {fold} has no trials: none of its {fold_files['speaker'].nunique()} "
-                "speakers has two usable training files; use fewer folds or more data"
+                f"fold {fold} has no trials: its {len(fold_files)} usable files of "
+                f"{fold_files['speaker'].nunique()} speakers are too few for "
+                f"folds.pairs_per_file_min={cfg.folds.pairs_per_file_min}; raise it, or "
+                f"{_largest_hint(files, cfg.seed, cfg.folds.n_folds - 1)}"
             )
         write_csv(out / f"trials_fold{fold}.csv", trials)
         log.info(

@@ -429,10 +429,54 @@ def summary_markdown(
             "",
             _table(fallback[["row", "audio_1", "audio_2", "reason"]].head(20)),
         ]
+    lines += _data_notes_lines(extra.get("data_notes"))
     if extra.get("top_features"):
         lines += ["", "## Top stack features (gain)", "", ", ".join(extra["top_features"])]
     lines += ["", "Figures: `det.png`, `score_histograms.png`, `training_curves.png`.", ""]
     return "\n".join(lines)
+
+
+def data_notes(prep_dir: Path, manifest: pd.DataFrame | None) -> dict | None:
+    """What ``prepare`` left out or cut: speaker folders without usable audio (from
+    ``bad_files.csv``), skipped files by reason, clips truncated at ``data.max_duration``."""
+    bad_path = prep_dir / "bad_files.csv"
+    bad = pd.read_csv(bad_path, dtype=str) if bad_path.is_file() else pd.DataFrame()
+    folders = bad[bad["path"].str.endswith("/")] if len(bad) else bad
+    files = bad[~bad["path"].str.endswith("/")] if len(bad) else bad
+    truncated = (
+        manifest.loc[manifest["truncated"].astype(str) == "True", ["id", "duration"]]
+        if manifest is not None and "truncated" in manifest
+        else pd.DataFrame()
+    )
+    if folders.empty and files.empty and truncated.empty:
+        return None
+    reasons = files["reason"].str.split(":").str[0].value_counts() if len(files) else None
+    return {"folders": folders, "reasons": reasons, "truncated": truncated}
+
+
+def _data_notes_lines(notes: dict | None) -> list[str]:
+    if notes is None:
+        return []
+    lines = ["", "## Input data left out or cut by prepare", ""]
+    if notes["reasons"] is not None:
+        counts = ", ".join(f"{reason}: {n}" for reason, n in notes["reasons"].items())
+        lines += [f"Skipped files (`prep/bad_files.csv`): {counts}.", ""]
+    if len(notes["folders"]):
+        lines += [
+            f"{len(notes['folders'])} speaker folder(s) gave no training file:",
+            "",
+            _table(notes["folders"][["path", "reason"]].head(20)),
+            "",
+        ]
+    if len(notes["truncated"]):
+        lines += [
+            f"{len(notes['truncated'])} clip(s) are longer than `data.max_duration` and were cut "
+            "to it (only their start is used; manifest column `truncated`):",
+            "",
+            _table(notes["truncated"].head(20)),
+            "",
+        ]
+    return lines
 
 
 def training_histories(cfg: ExperimentConfig) -> dict[str, list[pd.DataFrame]]:
@@ -512,7 +556,7 @@ def report_stage(cfg: ExperimentConfig) -> None:
             for name, s in sources.items()
         },
     }
-    by_duration = by_gender = graph = None
+    by_duration = by_gender = graph = manifest = None
     if (cfg.paths.prep_dir / "manifest.csv").is_file():
         manifest = load_manifest(cfg.paths.prep_dir)
         by_duration, by_gender = breakdowns(sources[main], manifest, policy, share)
@@ -533,5 +577,6 @@ def report_stage(cfg: ExperimentConfig) -> None:
     fallback = read_fallback_pairs(cfg.paths.prep_dir)
     extra["fallback_pairs"] = None if fallback.empty else fallback
     extra["graph"] = graph
+    extra["data_notes"] = data_notes(cfg.paths.prep_dir, manifest)
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)
