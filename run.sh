@@ -3,9 +3,9 @@
 #   bash run.sh [--config FILE] [--stage N|NAME] [--stop-stage M|NAME] [--force] [--demo] [key=value ...]
 #   stages: 0 prepare, 1 folds, 2 train, 3 embed, 4 score, 5 stack, 6 submit, 7 report
 # Without --config: configs/demo.yaml when input/ is empty (it generates the demo data there) or
-# holds the demo data; configs/zalo.yaml (GPU) or configs/zalo_cpu.yaml for real data. Any other
-# config needs its data (or --demo). Finished stages are skipped when their
-# inputs and config are unchanged; --force redoes them. Overrides that change results get their
+# holds the demo data; configs/zalo.yaml (GPU) or configs/zalo_cpu.yaml for real data. A data
+# folder named by paths.input=... or a config needs its data (or --demo). Finished stages are
+# skipped when their inputs and config are unchanged; --force redoes them. Overrides that change results get their
 # own run folder (see README, "Runs and the leaderboard"). Per stage: python -m src STAGE --help;
 # every config key: python -m src show-config --explain (configs/REFERENCE.md).
 set -euo pipefail
