@@ -280,3 +280,12 @@ def test_dirty_input_runs_every_stage_as_the_clean_input(tmp_path: Path, caplog)
     assert submission["audio_2"].str.startswith(" ").all()  # the user's own spelling
     assert submission["label"].tolist() == clean["label"].tolist()
     assert (cfg.report_dir / "metrics.json").read_text() == clean_metrics  # answer key read too
+
+
+def test_a_row_check_failure_names_the_row_and_the_difference() -> None:
+    from src.stacking.submit import SubmissionError, check_submission
+
+    want = pd.DataFrame({"audio_1": ["a", "c", "e"], "audio_2": ["b", "d", "f"]})
+    got = want.assign(audio_2=["b", "d", "x"], label=0)
+    with pytest.raises(SubmissionError, match=r"row 3: \('e', 'x'\) vs \('e', 'f'\)"):
+        check_submission(got, want)
