@@ -257,7 +257,7 @@ def _collect(
             skipped.append(SkippedFile(source.path, source.split, error))
             log.warning("skipping %s: %s", source.path, error)
             continue
-        cache.write(samples.tobytes())
+        cache.write(memoryview(np.ascontiguousarray(samples)).cast("B"))  # no copy of a long clip
         rows.append(
             {
                 "id": source.id, "name": source.name, "path": source.path,

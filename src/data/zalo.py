@@ -9,6 +9,11 @@ Layout::
 With ``data.layout: speaker_folders`` (an external corpus for pretraining, e.g. VoxCeleb's
 ``wav/id10001/<video>/00001.wav``) every sub-folder of the training folder is one speaker of
 unknown gender and age, and its audio files are found at any depth.
+
+File and folder names are matched as :func:`src.data.pairs.clean_name` writes them (Unicode NFC,
+surrounding spaces removed), the form the CSV's names are read in: a manifest ``id`` and
+``name`` are in that form, ``path`` is the file's real path. A speaker folder with no usable
+audio is listed in ``bad_files.csv`` (its path ending in ``/``).
 """
 
 from __future__ import annotations

@@ -440,7 +440,11 @@ def data_notes(prep_dir: Path, manifest: pd.DataFrame | None) -> dict | None:
     """What ``prepare`` left out or cut: speaker folders without usable audio (from
     ``bad_files.csv``), skipped files by reason, clips truncated at ``data.max_duration``."""
     bad_path = prep_dir / "bad_files.csv"
-    bad = pd.read_csv(bad_path, dtype=str) if bad_path.is_file() else pd.DataFrame()
+    bad = (
+        pd.read_csv(bad_path, dtype=str, keep_default_na=False)
+        if bad_path.is_file()
+        else pd.DataFrame()
+    )
     folders = bad[bad["path"].str.endswith("/")] if len(bad) else bad
     files = bad[~bad["path"].str.endswith("/")] if len(bad) else bad
     truncated = (
