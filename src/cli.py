@@ -26,7 +26,14 @@ from src.config import (
     load_config,
     parse_override,
 )
-from src.runner import RunError, no_input_error
+from src.runner import (
+    DEFAULT_INPUT,
+    RunError,
+    default_config,
+    has_input,
+    is_default_input,
+    no_input_error,
+)
 from src.training.large_margin import first_level_configs
 from src.util.io import read_json, write_json, write_text
 from src.util.logs import setup_logging
@@ -192,8 +199,6 @@ def pick_default_config(overrides: list[str], demo: bool = False) -> Path:
         When ``paths.input=...`` names a folder that is missing or empty (and not ``--demo``):
         the demo is made only in the default ``input/``, never in a folder the user named.
     """
-    from src.runner import DEFAULT_INPUT, default_config, has_input, is_default_input
-
     folder = DEFAULT_INPUT
     for text in overrides:
         keys, value = parse_override(text)
