@@ -66,6 +66,12 @@ def test_pair_reader_names_the_row_and_the_problem(tmp_path: Path) -> None:
     path.write_text("audio_1,audio_2\na.wav,b.wav\nc.wav, \n")
     with pytest.raises(DataLayoutError, match=r"empty file name in row\(s\) 2"):
         read_pair_list(path)
+    path.write_text("audio_1,audio_2\na.wav,b.wav\nc.wav\n")  # a short row
+    with pytest.raises(DataLayoutError, match=r"empty file name in row\(s\) 2"):
+        read_pair_list(path)
+    path.write_text("audio_1, audio_1,audio_2\na.wav,b.wav,c.wav\n")
+    with pytest.raises(DataLayoutError, match="appear twice"):
+        read_pair_list(path)
     path.write_text("audio_1;audio_2\na.wav;b.wav\n")
     with pytest.raises(DataLayoutError, match=r"missing column.*audio_1,audio_2"):
         read_pair_list(path)

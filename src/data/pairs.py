@@ -111,6 +111,9 @@ def pair_list_from_table(
 ) -> PairList:
     """Check a table of text cells (header already stripped) and clean its names."""
     wanted = [*PAIR_COLUMNS, *extra]
+    repeated = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if repeated:
+        raise DataLayoutError(f"{what}: column(s) {repeated} appear twice in the header")
     missing = [c for c in wanted if c not in table.columns]
     if missing:
         raise DataLayoutError(
@@ -122,6 +125,7 @@ def pair_list_from_table(
     ignored = [c for c in table.columns if c not in wanted]
     if ignored and log_rows:
         log.warning("%s: ignoring extra column(s) %s", what, ignored)
+    table = table.fillna("")  # a short row's missing cells
     written = table[PAIR_COLUMNS].reset_index(drop=True)
     pairs = table[wanted].reset_index(drop=True).apply(lambda column: column.map(clean_name))
     empty = pairs.index[(pairs[PAIR_COLUMNS] == "").any(axis=1)]
