@@ -239,17 +239,23 @@ def _decode_all(
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), md5
 
 
-def _in_order(files: list[SourceFile], decoded: Iterator, reuse: Reuse) -> Iterator:
-    """Results in ``files`` order: reused clips in place, decoded ones in job order."""
+def _in_order(files: list[SourceFile], decoded: Iterator, reuse: Reuse) -> Iterator[list]:
+    """Results in ``files`` order: reused clips in place, decoded ones in job order.
+
+    Each result is a list that :func:`_collect` empties once written, so no clip outlives its
+    turn (an iterator in between, e.g. the progress log, may hold the last item while the
+    next clip decodes)."""
     for source in files:
-        yield _reused_result(source, reuse) if source.id in reuse.rows else next(decoded)
+        yield list(_reused_result(source, reuse) if source.id in reuse.rows else next(decoded))
 
 
 def _collect(
     results, cache, rows: list[dict], skipped: list[SkippedFile], md5: dict[str, str], total: int
 ) -> int:
     offset = 0
-    for source, samples, facts, error in progress(results, "decode", total=total, unit="file"):
+    for result in progress(results, "decode", total=total, unit="file"):
+        source, samples, facts, error = result
+        result.clear()
         md5[source.id] = (facts or {}).get("md5", "")
         if error and samples is not None:
             log.warning("%s: %s", source.path, error)
@@ -267,6 +273,7 @@ def _collect(
             }
         )  # fmt: skip
         offset += samples.size
+        del samples  # before the next clip decodes
     return offset
 
 
