@@ -212,6 +212,19 @@ def test_compile_that_cannot_compile_falls_back_with_one_line(caplog, monkeypatc
     assert "(RuntimeError: no C++ compiler here); running eagerly" in lines[1]
 
 
+def backward_failing_once(monkeypatch) -> None:
+    """``Tensor.backward`` raises at its first call, as a backward graph that fails to compile."""
+    original, calls = torch.Tensor.backward, []
+
+    def backward(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("backward graph failed to compile")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+
+
 def test_train_step_falls_back_when_the_backward_cannot_compile(monkeypatch) -> None:
     """A failure in the first compiled step (the backward graph compiles lazily) redoes the
     step eagerly: the same weights as an eager step."""
@@ -224,16 +237,7 @@ def test_train_step_falls_back_when_the_backward_cannot_compile(monkeypatch) -> 
         if broken:  # a stand-in for the compiled embedder (no compile time in the test)
             modules.compile_embedder("no_such_backend", "default")
             modules.embed_call.compiled = modules.model
-            original = torch.Tensor.backward
-            calls = {"n": 0}
-
-            def backward_once_broken(self, *args, **kwargs):
-                calls["n"] += 1
-                if calls["n"] == 1:
-                    raise RuntimeError("backward graph failed to compile")
-                return original(self, *args, **kwargs)
-
-            monkeypatch.setattr(torch.Tensor, "backward", backward_once_broken)
+            backward_failing_once(monkeypatch)
         step = TrainStep(modules, modules, optimiser, None, make_grad_scaler(CPU, None), CPU,
                          None, grad_clip=5.0)  # fmt: skip
         modules.eval()  # no masks, no batch statistics: the redone step sees the same numbers

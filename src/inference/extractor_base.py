@@ -37,7 +37,7 @@ class ModuleExtractor(EmbeddingExtractor):
         dim: int,
         fingerprint: str,
         fold_independent: bool = False,
-        dtype: torch.dtype | None | str = "auto",
+        dtype: torch.dtype | str | None = "auto",
     ):
         self.model, self.device, self.dim, self.fingerprint = model, device, dim, fingerprint
         self.fold_independent = fold_independent
