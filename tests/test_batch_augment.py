@@ -82,7 +82,7 @@ def same_distribution(ours: np.ndarray, theirs: np.ndarray, mean_margin: float) 
                 min_bandwidth_fraction=1.4,
                 max_bandwidth_fraction=1.9,
                 p=1.0,
-            ),  # fmt: skip
+            ),
             removed_share,
             0.03,
         ),
