@@ -269,8 +269,10 @@ def embedding_speed(
     device: torch.device,
     dtype: torch.dtype | None,
     batch_seconds: float,
+    seconds: float = 3.0,
 ) -> float:
-    """Seconds of audio embedded per second: batches of ``embed.window_seconds`` windows."""
+    """Seconds of audio embedded per second: batches of ``embed.window_seconds`` windows,
+    repeated for about ``seconds`` (at least twice)."""
     extractor = ModuleExtractor(
         model.eval(), device, cfg.model.embedding_dim, "gpu-check", dtype=dtype
     )
@@ -279,12 +281,11 @@ def embedding_speed(
     rng = np.random.default_rng(0)
     windows = (0.1 * rng.standard_normal((per_batch, window))).astype(np.float32)
     extractor.embed(windows)  # warm-up (cuDNN autotuning for this shape)
-    repeats = max(2, int(5 * 40 / per_batch))
-    started = time.perf_counter()
-    for _ in range(repeats):
-        extractor.embed(windows)
-    seconds = time.perf_counter() - started
-    return repeats * per_batch * cfg.embed.window_seconds / seconds
+    repeats, started = 0, time.perf_counter()
+    while repeats < 2 or time.perf_counter() - started < seconds:
+        extractor.embed(windows)  # returns host arrays: each call waits for the GPU
+        repeats += 1
+    return repeats * per_batch * cfg.embed.window_seconds / (time.perf_counter() - started)
 
 
 def with_rates(run: dict, flops: float, peak: float | None) -> dict:
@@ -335,6 +336,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}"
     )
+    parser.add_argument(
+        "--embed-seconds", type=float, default=3.0, help="time per embedding measurement"
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("overrides", nargs="*")
@@ -365,10 +369,12 @@ def main(argv: list[str] | None = None) -> dict:
     assert model is not None, "no variant ran"
     half = autocast_dtype(device, True)
     embedding = {
-        f"{label} x {int(seconds)} s": embedding_speed(model, cfg, device, dtype, seconds)
+        f"{label} x {int(batch)} s": embedding_speed(
+            model, cfg, device, dtype, batch, args.embed_seconds
+        )
         for label, dtype in (("float32", None), (str(half).removeprefix("torch."), half))
         if label == "float32" or half is not None
-        for seconds in dict.fromkeys((cfg.embed.batch_seconds, cfg.embed.batch_seconds_cuda))
+        for batch in dict.fromkeys((cfg.embed.batch_seconds, cfg.embed.batch_seconds_cuda))
     }
     result = {
         "device": name,

@@ -17,7 +17,7 @@ def test_gpu_check_runs_on_cpu(tmp_path: Path) -> None:
                   test_clips_per_speaker=2, seed=0)  # fmt: skip
     result = gpu_check.main(
         ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--seconds", "0.5",
-         "--json", str(tmp_path / "check.json"), "--peak-tflops", "1",
+         "--json", str(tmp_path / "check.json"), "--peak-tflops", "1", "--embed-seconds", "0.2",
          "--variants", "shipped,fp32,augment on GPU,batch 256",
          "folds.n_folds=2", "model.width=0.125", "model.backbone=resnet18",
          "train.batch_size=8", "train.workers=1", "train.crop_seconds=[0.5,1.0]",

@@ -291,11 +291,20 @@ def test_cuda_extractors_take_the_cuda_batch_size() -> None:
 def test_cuda_resume_after_kill_is_exact(prepared: Path, tmp_path: Path, monkeypatch) -> None:
     """Deterministic kernels (``train.speed.deterministic``): a run killed after epoch 1 and
     resumed ends with the weights of the uninterrupted run; last.pt holds the CUDA RNG."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts, if it can
     settings = ("train.device=cuda", "train.epochs=3", "train.steps_per_epoch=2",
                 "train.speed.deterministic=true", "augment.enabled=true",
                 "augment.batch_on_device=true")  # fmt: skip
     straight = tiny_config(prepared, tmp_path / "straight", *settings)
     killed = tiny_config(prepared, tmp_path / "killed", *settings)
+    try:
+        check_resume_is_exact(straight, killed, monkeypatch)
+    finally:  # deterministic mode is process-wide: leave it as the other tests expect
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+
+
+def check_resume_is_exact(straight, killed, monkeypatch) -> None:
     expected = load_checkpoint(train_stage(straight, 0))["model"]
     original_save = train_module.save_epoch
 
