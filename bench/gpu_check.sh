@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One short GPU check (under 8 minutes): the zalo recipe trained on libri-zalo for 90 s with AMP
-# and 90 s in fp32, then embedding speed; prints samples/s, peak GPU memory, GPU utilisation,
-# the share of time spent waiting for batches, AMP vs fp32 and embedding throughput.
-#   bash bench/gpu_check.sh [--data DIR] [--seconds 90] [key=value ...]
+# One short GPU check (under 8 minutes): the zalo recipe trained on libri-zalo, 20 s per variant
+# (every fast default on and off, compiled, GPU augmentation, batch 256), then embedding speed;
+# prints samples/s, TFLOP/s and share of peak, GPU-busy and data-wait shares, peak memory.
+#   bash bench/gpu_check.sh [--data DIR] [--seconds 20] [--variants a,b] [key=value ...]
 # Writes outputs/gpu_check.json. Runs on CPU too (no CUDA figures) when no GPU is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -140,6 +140,13 @@ class AugmentConfig(Section):
     impulse_dir: Path | None = None
     background_dir: Path | None = None
     background_p: float = Field(0.3, ge=0, le=1)
+    batch_on_device: bool = Field(
+        False,
+        description="gain, noise at an SNR and band-limiting on the whole batch on the training "
+        "device (src/features/batch_augment.py) instead of per clip in the loader workers; for "
+        "when the loader is the limit (bench/gpu_check.py: data_wait_share); reverb and "
+        "background noise stay in the workers",
+    )
 
 
 class ModelConfig(Section):
@@ -193,6 +200,46 @@ class LargeMarginConfig(Section):
     batch_size: int | None = Field(None, ge=2, description="default: train.batch_size")
 
 
+class SpeedConfig(Section):
+    """How training runs on CUDA; on the CPU none of these changes anything.
+
+    They decide how the same recipe is computed, not what it is, so they are left out of the
+    training fingerprint (a finished fold is not retrained when one changes).
+    """
+
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto",
+        description="autocast dtype with train.amp on CUDA: auto = bfloat16 where the GPU has it "
+        "(no loss scaler), else float16 with a GradScaler",
+    )
+    fused_optimizer: bool = Field(
+        True, description="CUDA: the optimiser's fused kernel (one launch for all parameters)"
+    )
+    cudnn_benchmark: bool = Field(
+        True, description="CUDA: let cuDNN time its convolution algorithms and keep the fastest"
+    )
+    pin_memory: bool = Field(
+        True, description="CUDA: page-locked loader batches, copied to the GPU without blocking"
+    )
+    persistent_workers: bool = Field(
+        True, description="keep train.workers loader processes alive across epochs"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the embedder; where it cannot compile, one log line and "
+        "eager mode",
+    )
+    compile_backend: str = Field("inductor", description="torch.compile backend")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="torch.compile mode (reduce-overhead: CUDA graphs)"
+    )
+    deterministic: bool = Field(
+        False,
+        description="CUDA: deterministic kernels only (no cudnn_benchmark), so a resumed run "
+        "repeats an uninterrupted one exactly; slower",
+    )
+
+
 class TrainConfig(Section):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=2)
@@ -201,6 +248,14 @@ class TrainConfig(Section):
     crop_seconds: tuple[float, float] = (1.0, 2.0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none",
+        description="scale train.lr by the global batch (batch_size x GPUs) over "
+        "lr_reference_batch: linear (Goyal et al. 2017, SGD) or sqrt (Malladi et al. 2022, Adam)",
+    )
+    lr_reference_batch: int = Field(
+        64, ge=1, description="global batch size at which train.lr applies unscaled"
+    )
     weight_decay: float = Field(5e-4, ge=0)
     scheduler: Literal["cosine", "onecycle"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
@@ -232,6 +287,7 @@ class TrainConfig(Section):
         0.0, ge=0, description="epochs with the pretrained layers frozen (heads only) at first"
     )
     large_margin: LargeMarginConfig = LargeMarginConfig()
+    speed: SpeedConfig = SpeedConfig()
     allow_seen_speakers: bool = Field(
         False,
         description="let init_checkpoint be a model that saw this fold's OOF speakers (leaks: "
@@ -245,6 +301,9 @@ class EmbedConfig(Section):
     hop_seconds: float = Field(1.5, gt=0)
     drop_low_energy_db: float | None = None
     batch_seconds: float = Field(120.0, gt=0)
+    batch_seconds_cuda: float = Field(
+        1536.0, gt=0, description="seconds of audio per batch on CUDA (512 windows of 3 s)"
+    )
 
 
 class ScoreConfig(Section):

@@ -155,6 +155,10 @@ def build_waveform_augment(cfg: AugmentConfig, sample_rate: int) -> WaveformAugm
         ``background_dir`` adds background noise from a folder of audio files.
     sample_rate : int
         Sample rate of the waveforms it will be applied to.
+
+    With ``cfg.batch_on_device`` the chain keeps reverb and background noise only: band-limiting,
+    noise and gain run on the whole batch on the training device
+    (:class:`src.features.batch_augment.BatchAugment`).
     """
     if not cfg.enabled:
         return None
@@ -170,6 +174,8 @@ def build_waveform_augment(cfg: AugmentConfig, sample_rate: int) -> WaveformAugm
                 p=cfg.background_p,
             )
         )
+    if cfg.batch_on_device:
+        return WaveformAugment(Compose(chain), sample_rate)
     nyquist = sample_rate / 2
     chain += [
         # telephone-like channel: roughly 300-3400 Hz
@@ -190,6 +196,15 @@ def build_waveform_augment(cfg: AugmentConfig, sample_rate: int) -> WaveformAugm
         Gain(min_gain_db=low_gain, max_gain_db=high_gain, p=cfg.gain_p),
     ]
     return WaveformAugment(Compose(chain), sample_rate)
+
+
+def build_batch_augment(cfg: AugmentConfig, sample_rate: int):
+    """The whole-batch part of the augmentation (``augment.batch_on_device``), or None."""
+    if not (cfg.enabled and cfg.batch_on_device):
+        return None
+    from src.features.batch_augment import BatchAugment
+
+    return BatchAugment(cfg, sample_rate)
 
 
 def _reverb(cfg: AugmentConfig) -> BaseWaveformTransform:

@@ -48,7 +48,7 @@ def embed_clips(
     sums = np.zeros((len(ids), extractor.dim), dtype=np.float64)
     counts = np.zeros(len(ids))
     window_vectors: dict[int, list[tuple[float, np.ndarray]]] = {}
-    max_samples = int(cfg.batch_seconds * sample_rate)
+    max_samples = int(batch_seconds(cfg, extractor) * sample_rate)
     batches = list(batches_by_length(windows, max_samples))
     clip_index, clip = -1, None  # the clip being cut into windows
     for batch in progress_of(batches, "embed", unit="batch", enabled=progress):
@@ -78,6 +78,15 @@ def embed_clips(
     return vectors, norms.astype(np.float32)
 
 
+def batch_seconds(cfg: EmbedConfig, extractor: EmbeddingExtractor) -> float:
+    """Audio per embedding batch: ``embed.batch_seconds_cuda`` for a model on a CUDA GPU (large
+    batches keep it busy), else ``embed.batch_seconds``. Only the grouping changes: each window
+    is embedded on its own row, so the vectors are the same up to float rounding."""
+    device = getattr(extractor, "device", None)
+    on_cuda = isinstance(device, torch.device) and device.type == "cuda"
+    return cfg.batch_seconds_cuda if on_cuda else cfg.batch_seconds
+
+
 def cohort_ids(files: pd.DataFrame, per_speaker: int, seed: int) -> list[str]:
     """Up to ``per_speaker`` clips of each training speaker (longest first, ties by seed)."""
     rng = np.random.default_rng(seed)
@@ -104,7 +113,7 @@ def embed_stage(cfg: ExperimentConfig, fold: int, force: bool = False) -> Path:
     out = cfg.fold_dir(fold) / "embeddings.npz"
     extractor = build_extractor(cfg, fold)
     stamp = fingerprint(
-        cfg.embed.model_dump(),
+        cfg.embed.model_dump(exclude={"batch_seconds_cuda"}),  # speed only, like batch_seconds
         cfg.score.cohort_files_per_speaker,
         extractor.fingerprint,
         files_fingerprint([cfg.paths.prep_dir / "manifest.csv", cfg.folds_dir / "folds.csv"]),
@@ -204,7 +213,7 @@ def embed_with_store(
 
 def store_key(extractor: EmbeddingExtractor, cfg: ExperimentConfig) -> str:
     """What a stored clip vector depends on (batch size only groups the work: left out)."""
-    settings = cfg.embed.model_dump(exclude={"batch_seconds"})
+    settings = cfg.embed.model_dump(exclude={"batch_seconds", "batch_seconds_cuda"})
     return fingerprint(extractor.fingerprint, settings, cfg.data.sample_rate)
 
 

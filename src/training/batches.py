@@ -50,6 +50,9 @@ class BalancedBatches(IterableDataset):
 
     ``steps`` are the global step numbers this dataset yields (a rank's share under DDP);
     data loader workers split them further, so every step is produced exactly once.
+    :meth:`set_epoch` moves to another epoch; the epoch lives in shared memory, so loader
+    workers kept alive across epochs (``persistent_workers``) read the new one when the next
+    pass over the loader starts.
     """
 
     def __init__(
@@ -65,9 +68,18 @@ class BalancedBatches(IterableDataset):
     ) -> None:
         super().__init__()
         self.data, self.cache, self.cfg = data, cache, cfg
-        self.sample_rate, self.seed, self.epoch, self.steps = sample_rate, seed, epoch, steps
+        self.sample_rate, self.seed, self.steps = sample_rate, seed, steps
+        self._epoch = torch.tensor([epoch], dtype=torch.int64).share_memory_()
         self.augment = augment
         self.by_speaker = data.clips_by_speaker()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the batches of ``epoch`` from the next pass on (in every loader worker)."""
+        self._epoch[0] = epoch
 
     def __len__(self) -> int:
         return len(self.steps)

@@ -59,3 +59,64 @@ def broadcast_float(value: float, ctx: DistributedContext) -> float:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return float(box[0])
+
+
+# --- how one training step runs on this device (train.speed) -------------------------------
+
+
+def autocast_dtype(device: torch.device, amp: bool, choice: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a training or embedding step, or None for float32.
+
+    Mixed precision is CUDA-only here (the CPU keeps float32, as before). ``auto`` is
+    bfloat16 where the GPU computes it natively (Ampere and newer): same exponent range as
+    float32, so no loss scaling; float16 elsewhere (with :func:`make_grad_scaler`).
+    """
+    if not amp or device.type != "cuda":
+        return None
+    if choice == "bfloat16" or (choice == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``; a no-op context for None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def make_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A loss scaler, enabled for float16 only (bfloat16 and float32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def configure_backends(device: torch.device, speed) -> None:
+    """Process-wide CUDA settings of ``train.speed`` (``cudnn_benchmark``, ``deterministic``).
+
+    Nothing changes on the CPU. ``deterministic`` also sets ``CUBLAS_WORKSPACE_CONFIG``, which
+    cuBLAS reads when it starts: set it in the environment before the first CUDA call to be sure.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = speed.cudnn_benchmark and not speed.deterministic
+    torch.backends.cudnn.deterministic = speed.deterministic
+    if speed.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def optimiser_kernel(device: torch.device, fused: bool) -> dict[str, bool]:
+    """Keyword arguments that pick the optimiser's implementation on ``device``.
+
+    On CUDA with ``fused``: ``fused=True`` (one kernel for every parameter; AdamW and SGD take
+    it). Otherwise nothing: torch's default (``foreach`` on CUDA, the per-parameter loop on the
+    CPU, unchanged).
+    """
+    return {"fused": True} if fused and device.type == "cuda" else {}
+
+
+def loader_options(device: torch.device, workers: int, speed) -> dict[str, bool]:
+    """``DataLoader`` flags: page-locked batches on CUDA (so ``.to(device, non_blocking=True)``
+    overlaps the copy), and workers kept across epochs (``persistent_workers``)."""
+    return {
+        "pin_memory": device.type == "cuda" and speed.pin_memory,
+        "persistent_workers": workers > 0 and speed.persistent_workers,
+    }

@@ -49,3 +49,22 @@ def group_schedules(cfg: TrainConfig, steps_per_epoch: int, pretrained: bool) ->
         return 0.0 if step < frozen_steps else scale * base(step)
 
     return [embedder, base]
+
+
+def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    """``train.lr`` scaled to the global batch (``batch_size x world_size``) by ``lr_scaling``.
+
+    ``linear``: ``lr x batch / lr_reference_batch``, the rule of Goyal et al. 2017, "Accurate,
+    Large Minibatch SGD: Training ImageNet in 1 Hour" (arXiv:1706.02677), for SGD with a warm-up
+    (``train.warmup_epochs``). ``sqrt``: ``lr x sqrt(batch / lr_reference_batch)``, which keeps
+    the gradient noise scale of adaptive optimisers such as AdamW (Malladi et al. 2022, "On the
+    SDEs and Scaling Rules for Adaptive Gradient Algorithms", arXiv:2205.10287; Hoffer et al.
+    2017 for SGD). ``none``: ``train.lr`` as written.
+
+    >>> scaled_lr(TrainConfig(lr=0.002, batch_size=256, lr_scaling="sqrt", lr_reference_batch=128))
+    0.0028284271247461905
+    """
+    if cfg.lr_scaling == "none":
+        return cfg.lr
+    ratio = cfg.batch_size * world_size / cfg.lr_reference_batch
+    return cfg.lr * (ratio if cfg.lr_scaling == "linear" else math.sqrt(ratio))

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from src.config import ExperimentConfig, config_to_yaml, flatten_settings
 from src.data.cache import AudioCache, read_manifest
 from src.data.folds import split_by_fold
-from src.features.augment import build_waveform_augment
+from src.features.augment import build_batch_augment, build_waveform_augment
 from src.inference.embed import embed_clips
 from src.inference.extractors import ModuleExtractor
 from src.inference.metrics import equal_error_rate
@@ -35,14 +35,25 @@ from src.model_zoo import build_embedder, build_gender_head, build_head, margin_
 from src.model_zoo.weights import has_pretrained_weights, load_initial_weights
 from src.training.batches import BalancedBatches, TrainingSet, steps_per_epoch
 from src.training.checkpoint import load_checkpoint, save_checkpoint
-from src.training.device import barrier, broadcast_float, init_distributed, pick_device
-from src.training.schedule import group_schedules
+from src.training.device import (
+    autocast_dtype,
+    barrier,
+    broadcast_float,
+    configure_backends,
+    init_distributed,
+    loader_options,
+    make_grad_scaler,
+    optimiser_kernel,
+    pick_device,
+)
+from src.training.schedule import group_schedules, scaled_lr
 from src.training.selection import (
     average_state_dicts,
     averaged_epochs,
     holdout_split,
     snapshot_path,
 )
+from src.training.step import CompileFallback, StepTotals, TrainStep
 from src.util.io import write_csv, write_text
 from src.util.logs import progress
 from src.util.seed import seed_everything
@@ -59,14 +70,16 @@ def training_fingerprint(cfg: ExperimentConfig, fold: int | None = None) -> str:
 
     Settings at their default value are left out, so that a release adding a config key (whose
     default keeps the old behaviour) does not retrain finished folds. ``train.large_margin`` is
-    left out too: it configures a later phase, not this model.
+    left out too: it configures a later phase, not this model, and so is ``train.speed``: it
+    decides how the same recipe runs on the device, not what it is.
     """
     dumped = cfg.model_dump(mode="json")
     defaults = flatten_settings(ExperimentConfig().model_dump(mode="json"))
     settings = {
         key: value
         for key, value in flatten_settings({k: dumped[k] for k in TRAINING_SECTIONS}).items()
-        if value != defaults.get(key, object()) and not key.startswith("train.large_margin.")
+        if value != defaults.get(key, object())
+        and not key.startswith(("train.large_margin.", "train.speed."))
     }
     files = [cfg.paths.prep_dir / "manifest.csv", cfg.folds_dir / "folds.csv"]
     start = init_checkpoint_path(cfg, 0 if fold is None else fold)
@@ -137,12 +150,24 @@ class TrainingModule(torch.nn.Module):
         self.weights_digest = load_initial_weights(self.model, cfg.model, cfg.features)
         self.head = build_head(cfg.head, cfg.model.embedding_dim, n_speakers)
         self.gender = build_gender_head(cfg.head, cfg.model.embedding_dim)
+        # the embedder's call in forward(): the module itself, or its torch.compile'd version
+        # (train.speed.compile; not a submodule, so the state_dict keeps its keys)
+        self.embed_call: CompileFallback | None = None
+
+    def compile_embedder(self, backend: str, mode: str) -> None:
+        """Route the embedder through ``torch.compile`` (eager again where it cannot compile).
+
+        Only the embedder: the margin head changes its margin every step of the warm-up, which
+        would recompile it each time.
+        """
+        self.embed_call = CompileFallback(self.model, backend, mode)
 
     def forward(
         self, waves: torch.Tensor, labels: torch.Tensor, genders: torch.Tensor
     ) -> tuple[torch.Tensor, Any]:
         """Speaker margin loss plus the weighted auxiliary gender loss; and accuracy."""
-        embeddings = self.model(waves).float()  # (batch, dim)
+        embed = self.model if self.embed_call is None else self.embed_call
+        embeddings = embed(waves).float()  # (batch, dim)
         loss, accuracy = self.head(embeddings, labels)
         if self.gender is not None:
             loss = loss + self.gender_weight * self.gender(embeddings, genders).loss
@@ -251,10 +276,14 @@ def build_training_objects(
     device: torch.device,
     fold: int,
     oof_speakers: set[str],
+    world_size: int = 1,
 ):
     """Training module (optionally initialised from pretrained weights or a checkpoint), its
     optimiser with two parameter groups (embedder, heads), and whether the embedder starts
-    pretrained (then ``train.pretrained_lr_scale`` and ``train.freeze_epochs`` apply to it)."""
+    pretrained (then ``train.pretrained_lr_scale`` and ``train.freeze_epochs`` apply to it).
+
+    The peak rate is ``train.lr`` scaled to the global batch by ``train.lr_scaling``; on CUDA
+    the optimiser runs its fused kernel (``train.speed.fused_optimizer``)."""
     modules = TrainingModule(cfg, len(speakers))
     pretrained = has_pretrained_weights(cfg.model)
     start = init_checkpoint_path(cfg, fold)
@@ -277,16 +306,28 @@ def build_training_objects(
         {"params": list(modules.model.parameters()), "name": "embedder"},
         {"params": heads, "name": "heads"},
     ]
+    lr = scaled_lr(cfg.train, world_size)
+    if lr != cfg.train.lr:
+        log.info(
+            "train.lr %g scaled to %g for a global batch of %d (%s rule, reference %d)",
+            cfg.train.lr,
+            lr,
+            cfg.train.batch_size * world_size,
+            cfg.train.lr_scaling,
+            cfg.train.lr_reference_batch,
+        )
+    kernel = optimiser_kernel(device, cfg.train.speed.fused_optimizer)
     if cfg.train.optimizer == "sgd":
         optimiser = torch.optim.SGD(
             params,
-            lr=cfg.train.lr,
+            lr=lr,
             momentum=0.9,
             nesterov=True,
             weight_decay=cfg.train.weight_decay,
+            **kernel,
         )
     else:
-        optimiser = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay, **kernel)
     return modules, optimiser, pretrained
 
 
@@ -318,6 +359,7 @@ def train_stage(
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     seed_everything(cfg.seed + fold)
+    configure_backends(device, cfg.train.speed)
 
     split = split if split is not None else fold_training_data(cfg, fold)
     cache = AudioCache(cfg.paths.prep_dir)
@@ -331,13 +373,15 @@ def train_stage(
     # global step number, so ranks never share a batch
     steps = -(-steps_per_epoch(cfg.train, len(data.ids)) // ctx.world_size)
     modules, optimiser, pretrained = build_training_objects(
-        cfg, data.speakers, device, fold, split.oof_speakers
+        cfg, data.speakers, device, fold, split.oof_speakers, ctx.world_size
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, group_schedules(cfg.train, steps, pretrained)
     )
-    use_amp = cfg.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    dtype = autocast_dtype(device, cfg.train.amp, cfg.train.speed.amp_dtype)
+    scaler = make_grad_scaler(device, dtype)
+    if cfg.train.speed.compile:
+        modules.compile_embedder(cfg.train.speed.compile_backend, cfg.train.speed.compile_mode)
     trainable = modules
     if ctx.enabled:
         trainable = DistributedDataParallel(
@@ -352,7 +396,8 @@ def train_stage(
             modules.load_state_dict(saved["modules"])
             optimiser.load_state_dict(saved["optimiser"])
             scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
+            if saved["scaler"] and scaler.is_enabled():  # empty when saved without fp16
+                scaler.load_state_dict(saved["scaler"])
             state = saved["state"]
             restore_rng(saved)
             log.info("train fold %d: resuming after epoch %d", fold, state["epoch"])
@@ -376,35 +421,50 @@ def train_stage(
             selection_summary(cfg, split),
         )
     identity = {"speakers": data.speakers, "validation_speakers": split.validation_speakers}
-    augment = build_waveform_augment(cfg.augment, cfg.data.sample_rate)
+    batches = BalancedBatches(
+        data,
+        cache,
+        cfg.train,
+        cfg.data.sample_rate,
+        cfg.seed + fold,
+        state["epoch"],
+        [ctx.rank + ctx.world_size * i for i in range(steps)],
+        build_waveform_augment(cfg.augment, cfg.data.sample_rate),
+    )
+    # one loader for the run: with train.speed.persistent_workers its workers live across epochs
+    loader = DataLoader(
+        batches,
+        batch_size=None,
+        num_workers=cfg.train.workers,
+        **loader_options(device, cfg.train.workers, cfg.train.speed),
+    )
+    step = TrainStep(
+        trainable,
+        modules,
+        optimiser,
+        scheduler,
+        scaler,
+        device,
+        dtype,
+        cfg.train.grad_clip,
+        build_batch_augment(cfg.augment, cfg.data.sample_rate),
+    )
 
     early_stopping = validation is not None
+    first_epoch = state["epoch"]
     while state["epoch"] < cfg.train.epochs and not (
         early_stopping and state["stale"] >= cfg.train.patience
     ):
         epoch = state["epoch"]
         started = time.perf_counter()
         seed_everything(epoch_seed(cfg, fold, epoch, ctx.rank))
-        batches = BalancedBatches(
-            data,
-            cache,
-            cfg.train,
-            cfg.data.sample_rate,
-            cfg.seed + fold,
-            epoch,
-            [ctx.rank + ctx.world_size * i for i in range(steps)],
-            augment,
-        )
-        loader = DataLoader(
-            batches,
-            batch_size=None,
-            num_workers=cfg.train.workers,
-            persistent_workers=False,
-            pin_memory=device.type == "cuda",
-        )
-        totals = run_epoch(
-            cfg, trainable, modules, optimiser, scheduler, scaler, loader, device, epoch
-        )
+        batches.set_epoch(epoch)
+        if loader.persistent_workers and epoch > first_epoch:
+            # a fresh loader iterator draws its workers' base seed from the global generator;
+            # a persistent one draws it once: draw here too, so the masks and dropout that
+            # follow are those of a run with a new loader per epoch (results do not change)
+            torch.empty((), dtype=torch.int64).random_()
+        totals = run_epoch(cfg, step, loader, epoch, epoch_seed(cfg, fold, epoch, ctx.rank))
         val_eer = float("nan")
         if validation is not None:
             val_eer = broadcast_float(
@@ -496,31 +556,27 @@ def restore_rng(saved: dict[str, Any]) -> None:
 
 
 def run_epoch(
-    cfg, trainable, modules, optimiser, scheduler, scaler, loader, device, epoch
+    cfg: ExperimentConfig, step: TrainStep, loader: DataLoader, epoch: int, seed: int
 ) -> dict[str, float]:
-    """One pass over the epoch's batches; returns mean loss and accuracy."""
-    trainable.train()
-    totals = {"loss": 0.0, "accuracy": 0.0}
-    count = 0
-    for step, (waves, labels, genders) in enumerate(
+    """One pass over the epoch's batches; returns mean loss and accuracy.
+
+    ``seed`` seeds the generator of the whole-batch augmentation on the device (when
+    ``augment.batch_on_device``), so a resumed epoch draws what it would have.
+    """
+    step.trainable.train()
+    totals = StepTotals(step.device)
+    generator = None
+    if step.batch_augment is not None:
+        # its own stream: not the one the global generator (SpecAugment) draws from this epoch
+        augment_seed = int(np.random.default_rng([seed, 1]).integers(2**62))
+        generator = torch.Generator(device=step.device).manual_seed(augment_seed)
+    for index, (waves, labels, genders) in enumerate(
         progress(loader, f"epoch {epoch + 1}", unit="steps")
     ):
-        modules.head.set_margin(margin_at_epoch(cfg.head, epoch + step / max(1, len(loader))))
-        waves, labels, genders = (t.to(device, non_blocking=True) for t in (waves, labels, genders))
-        with torch.autocast(device.type, enabled=cfg.train.amp and device.type == "cuda"):
-            loss, accuracy = trainable(waves, labels, genders)
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.train.grad_clip > 0:
-            scaler.unscale_(optimiser)
-            torch.nn.utils.clip_grad_norm_(modules.parameters(), cfg.train.grad_clip)
-        scaler.step(optimiser)
-        scaler.update()
-        scheduler.step()
-        totals["loss"] += float(loss.detach())
-        totals["accuracy"] += float(accuracy)
-        count += 1
-    return {k: v / max(count, 1) for k, v in totals.items()}
+        margin = margin_at_epoch(cfg.head, epoch + index / max(1, len(loader)))
+        step.modules.head.set_margin(margin)
+        totals.add(*step(waves, labels, genders, generator))
+    return totals.means()
 
 
 def save_epoch(
