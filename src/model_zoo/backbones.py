@@ -45,6 +45,15 @@ if TYPE_CHECKING:
 # timm (and torchvision behind it) is imported where a backbone is built, not at import time:
 # a fully cached rerun never builds one and saves seconds of start-up
 
+
+def __getattr__(name: str) -> object:
+    """``backbones.timm``: the timm module, imported on first use."""
+    if name == "timm":
+        import timm
+
+        return timm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 log = logging.getLogger(__name__)
 
 RESNET_STAGE_CHANNELS = (64, 128, 256, 512)
