@@ -228,3 +228,13 @@ def test_export_logs_the_final_bundle_not_its_staging_folder(tiny_bundle, caplog
     assert "partial" not in caplog.text
     assert f"{tiny_bundle.bundle_dir}/experiments/cnn/fold0/model.onnx" in caplog.text
     assert "2 runs" in caplog.text
+
+
+def test_demo_generation_logs_the_final_folder_not_the_staged_one(tmp_path, caplog) -> None:
+    from src.data.demo import STAGED_SUFFIX, generate_demo
+
+    staged = tmp_path / f"input{STAGED_SUFFIX}"
+    with caplog.at_level(logging.INFO):
+        generate_demo(staged, n_speakers=4, clips_per_speaker=2, n_test_speakers=2,
+                      test_clips_per_speaker=2, seed=1)  # fmt: skip
+    assert STAGED_SUFFIX not in caplog.text and str(tmp_path / "input") in caplog.text
