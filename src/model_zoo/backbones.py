@@ -54,6 +54,7 @@ def __getattr__(name: str) -> object:
         return timm
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 log = logging.getLogger(__name__)
 
 RESNET_STAGE_CHANNELS = (64, 128, 256, 512)
