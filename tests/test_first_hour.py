@@ -238,3 +238,13 @@ def test_demo_generation_logs_the_final_folder_not_the_staged_one(tmp_path, capl
         generate_demo(staged, n_speakers=4, clips_per_speaker=2, n_test_speakers=2,
                       test_clips_per_speaker=2, seed=1)  # fmt: skip
     assert STAGED_SUFFIX not in caplog.text and str(tmp_path / "input") in caplog.text
+
+
+def test_a_cached_embed_builds_no_model(tiny_bundle, monkeypatch, caplog) -> None:
+    """A fold whose embeddings are fresh is recognised from its checkpoint's digest alone."""
+    import src.inference.embed as embed
+
+    monkeypatch.setattr(embed, "build_extractor", lambda *args: pytest.fail("built a model"))
+    with caplog.at_level(logging.INFO):
+        assert embed.embed_stage(tiny_bundle, 0) == tiny_bundle.fold_dir(0) / "embeddings.npz"
+    assert "unchanged, reusing" in caplog.text

@@ -518,8 +518,8 @@ def report_inputs(cfg: ExperimentConfig) -> list[Path]:
             for p in cfg.stack_dir.iterdir()
             if p.is_file() and p.name[0] != "." and p.name not in skip
         )
-    prep = cfg.paths.prep_dir
-    files += [prep / n for n in ("manifest.csv", "test_train_copies.csv", "fallback_pairs.csv")]
+    prep = cfg.paths.prep_dir  # every table prepare wrote (manifest, skipped files, copies, ...)
+    files += sorted(prep.glob("*.csv")) if prep.is_dir() else []
     test_csv = cfg.paths.input / cfg.data.test_csv
     return [*files, test_csv, test_csv.parent / LABELS_FILE]
 
