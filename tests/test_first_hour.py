@@ -209,6 +209,10 @@ def test_quiet_log_rounds_floats_and_shows_a_warning_once() -> None:
     assert not quiet.filter(_record(logging.WARNING, warning, 0.5))  # the same, again: dropped
     assert quiet.filter(_record(logging.WARNING, warning, 0.25))  # another value: shown
     assert quiet.filter(_record(logging.INFO, "100%% of %s", 1.0))
+    alone = logging.LogRecord(
+        "src.x", logging.INFO, __file__, 1, "aucs %s", ({"g": 0.98332},), None
+    )
+    assert quiet.filter(alone) and alone.getMessage() == "aucs {'g': 0.9833}"  # a lone dict
 
 
 def test_plurals_and_the_selection_summary_of_a_one_epoch_run() -> None:

@@ -59,7 +59,11 @@ class QuietLog(logging.Filter):
         self.warned: set[tuple[str, str]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args and isinstance(record.msg, str):
+        if isinstance(record.args, dict) and isinstance(record.msg, str) and "%(" not in record.msg:
+            record.args = rounded(
+                record.args
+            )  # one dict argument shown with %s (logging unpacks it)
+        elif isinstance(record.args, tuple) and record.args and isinstance(record.msg, str):
             kinds = [m.group(1) for m in CONVERSION.finditer(record.msg) if m.group(1) != "%"]
             if len(kinds) == len(record.args) and "*" not in record.msg:
                 record.args = tuple(
