@@ -5,6 +5,7 @@ Figures are written through :func:`src.util.io.write_with`, so a crash never lea
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -120,13 +121,19 @@ def plot_histograms(
         ax.set_xlabel("score")
         ax.set_ylabel("density")
         if name in collapsed:
-            ax.set_title(f"{name}\nCOLLAPSED: {collapsed[name]}", fontsize=8, color="red")
+            why = textwrap.fill(f"COLLAPSED: {collapsed[name]}", 64)
+            ax.set_title(f"{name}\n{why}", fontsize=8, color="red")
         else:
             ax.set_title(name, fontsize=9)
-        ax.legend(fontsize=7, loc="best")
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    if thresholds and "threshold" not in names:  # the first panel may have no threshold line
+        handles.append(pyplot().Line2D([0], [0], color="red", linestyle="--", linewidth=1))
+        names.append("threshold")
+    # one legend above the panels, off every histogram
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 1.0))
     save(fig, path)
 
 
