@@ -365,12 +365,12 @@ def train_stage(
     if ctx.is_main:
         write_text(out / "config.yaml", config_to_yaml(cfg))
         log.info(
-            "train fold %d: %d speakers, %d clips, %d steps/epoch, %d params, device %s, "
+            "train fold %d: %d speakers, %d clips, %s/epoch, %d params, device %s, "
             "checkpoint by %s",
             fold,
             len(data.speakers),
             len(data.ids),
-            steps,
+            plural(steps, "step"),
             sum(p.numel() for p in modules.model.parameters()),
             device,
             selection_summary(cfg, split),
