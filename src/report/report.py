@@ -14,8 +14,8 @@ Writes ``<outputs>/report/``:
 - ``summary.md``: the page to read first; it opens with a WARNING when a source's scores have
   collapsed or a trial-graph feature group is shifted on the test (both also logged).
 
-Reused when its inputs (:func:`report_inputs`) and the config are unchanged (``--force``
-redoes it).
+Reused when its inputs (:func:`report_inputs`), the config and the report's code are unchanged
+(``--force`` redoes it).
 """
 
 from __future__ import annotations
@@ -525,8 +525,11 @@ def report_inputs(cfg: ExperimentConfig) -> list[Path]:
 
 
 def report_fingerprint(cfg: ExperimentConfig) -> str:
+    """The report's inputs, its config and its own code (``src/report/*.py``: a report whose
+    code changed is redrawn, whatever ``REPORT_VERSION`` says)."""
     settings = cfg.model_dump(mode="json", exclude={"serve", "export", "tracking"})
-    return fingerprint(REPORT_VERSION, settings, files_fingerprint(report_inputs(cfg)))
+    code = files_fingerprint(Path(__file__).parent.glob("*.py"))
+    return fingerprint(REPORT_VERSION, settings, code, files_fingerprint(report_inputs(cfg)))
 
 
 def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
