@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 def stage_help(stage: str) -> str:
     """What one command does: its module's and function's docstrings, and the usage line."""
     if stage in STAGES:
-        module, function = STAGES[stage].split(":")
-        loaded = import_module(module)
-        text = f"{inspect.getdoc(loaded) or ''}\n\n{inspect.getdoc(getattr(loaded, function))}"
+        from src.stage_help import stage_help as reads_writes_help
+
+        return reads_writes_help(stage, STAGES[stage])
     else:
         text = {
             "run": inspect.getdoc(import_module("src.runner")),
@@ -227,9 +227,12 @@ def run_tool(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
 
         generate_demo(args.out or cfg.paths.input, seed=cfg.seed)
     elif args.stage == "leaderboard":
-        from src.report.leaderboard import print_leaderboard
+        from src.report.leaderboard import config_outputs, print_leaderboard
 
-        print_leaderboard(cfg.paths.outputs)
+        # without --config: every outputs folder the repo's configs write to
+        print_leaderboard(
+            [cfg.paths.outputs] if args.config else config_outputs(DEFAULT_RUN_CONFIG.parent)
+        )
     else:
         from src.runner import run_pipeline, stage_range
 

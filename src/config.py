@@ -379,9 +379,12 @@ class ExportConfig(Section):
     onnx: bool = Field(
         False,
         description="also write each trained CNN fold model as ONNX (dynamic length) for "
-        "serve.runtime=onnx",
+        "serve.runtime=onnx; such a bundle has its own folder, <outputs>/bundle-onnx[-variant]",
     )
     opset: int = Field(17, ge=13, description="ONNX opset of the exported fold models")
+
+
+ONNX_BUNDLE = "bundle-onnx"  # the folder of an export with export.onnx (see bundle_dir)
 
 
 class ServeConfig(Section):
@@ -390,7 +393,9 @@ class ServeConfig(Section):
     max_upload_mb: float = Field(20.0, gt=0)
     max_seconds: float = Field(120.0, gt=0)
     bundle: Path | None = Field(
-        None, description="bundle folder to serve; default <outputs>/bundle[-variant]"
+        None,
+        description="bundle folder to serve; default <outputs>/bundle[-variant], with "
+        "runtime=onnx <outputs>/bundle-onnx[-variant] (what export.onnx=true writes)",
     )
     runtime: Literal["torch", "onnx"] = Field(
         "torch", description="onnx: the bundle's ONNX fold models on onnxruntime (export.onnx)"
@@ -501,12 +506,20 @@ class ExperimentConfig(Section):
 
     @property
     def bundle_dir(self) -> Path:
-        """Where ``export`` writes the bundle and ``serve`` reads it (``serve.bundle`` wins)."""
-        return self._second_level("bundle")
+        """Where ``export`` writes the bundle: ``bundle[-variant]``, or with ``export.onnx`` its
+        own ``bundle-onnx[-variant]``, so a plain export (the last stage of ``run.sh``) never
+        replaces a bundle that holds ONNX fold models."""
+        return self._second_level(ONNX_BUNDLE if self.export.onnx else "bundle")
 
     @property
     def served_bundle(self) -> Path:
-        return self.serve.bundle if self.serve.bundle is not None else self.bundle_dir
+        """The bundle ``serve`` loads: ``serve.bundle``, else what ``export`` writes for the
+        runtime (``serve.runtime=onnx``: the ONNX bundle, whatever ``export.onnx`` says)."""
+        if self.serve.bundle is not None:
+            return self.serve.bundle
+        if self.serve.runtime == "onnx":
+            return self._second_level(ONNX_BUNDLE)
+        return self.bundle_dir
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,10 @@ from src.config import ExperimentConfig
 log = logging.getLogger("src.run")
 
 PIPELINE = ("prepare", "folds", "train", "embed", "score", "stack", "submit", "report", "export")
-LAYOUT = "train/<id>-<gender>-<age>/*.wav, public-test/*.wav and public-test.csv (audio_1,audio_2)"
+LAYOUT = (  # the expected layout, and the override for data elsewhere (in every no-data error)
+    "train/<id>-<gender>-<age>/*.wav, public-test/*.wav and public-test.csv (audio_1,audio_2); "
+    "data elsewhere: add paths.input=/path/to/data to the command line"
+)
 
 
 class RunError(ValueError):

@@ -135,3 +135,36 @@ def test_export_names_the_missing_inputs(tiny_bundle, tmp_path: Path) -> None:
     paths = tiny_bundle.paths.model_copy(update={"outputs": tmp_path / "empty"})
     with pytest.raises(FileNotFoundError, match="run the stack stage"):
         export_stage(tiny_bundle.model_copy(update={"paths": paths}))
+
+
+def test_a_plain_export_after_an_onnx_one_leaves_the_onnx_bundle_served(tiny_bundle) -> None:
+    """export.onnx=true, then a plain export (the last stage of every ``run.sh``): the ONNX
+    bundle is untouched and ``serve.runtime=onnx`` still finds and loads it."""
+    onnx_root = tiny_bundle.bundle_dir
+    assert onnx_root.name == "bundle-onnx"
+    before = (onnx_root / MANIFEST).read_text()
+    plain = tiny_bundle.model_copy(
+        update={"export": tiny_bundle.export.model_copy(update={"onnx": False})}
+    )
+    plain_root = export_stage(plain)
+    assert plain_root.name == "bundle" and plain_root != onnx_root
+    assert not any("model.onnx" in name for name in verify_bundle(plain_root)["files"])
+    assert (onnx_root / MANIFEST).read_text() == before
+    serving = plain.model_copy(update={"serve": plain.serve.model_copy(update={"runtime": "onnx"})})
+    assert serving.served_bundle == onnx_root
+    model = BundleModel.load(serving.served_bundle, runtime="onnx")
+    assert all(
+        type(f.extractor).__name__ == "OnnxFoldExtractor" for r in model.runs for f in r.folds
+    )
+    assert plain.served_bundle == plain_root  # the torch runtime serves the plain bundle
+
+
+def test_serving_onnx_without_an_onnx_export_says_how_to_make_one(tmp_path: Path) -> None:
+    from src.config import load_config
+    from src.serve.app import serve_stage
+
+    cfg = load_config(
+        Path("configs/demo.yaml"), [f"paths.outputs={tmp_path}", "serve.runtime=onnx"]
+    )
+    with pytest.raises(BundleError, match="export.onnx=true"):
+        serve_stage(cfg)

@@ -788,6 +788,9 @@ def clear_outputs(root: Path, overwrite: bool) -> None:
             path.unlink()
 
 
+STAGED_SUFFIX = ".demo-partial"  # the runner writes the demo here first, then moves it in
+
+
 def generate_demo(
     root: Path,
     n_speakers: int = 40,
@@ -844,7 +847,8 @@ def generate_demo(
         "trials": len(trials),
         "same_speaker_trials": int(trials["label"].sum()),
     }
-    logger.info("demo data in %s (%.1f s): %s", root, time.perf_counter() - started, summary)
+    shown = root.with_name(root.name.removesuffix(STAGED_SUFFIX))  # the name it is moved to
+    logger.info("demo data in %s (%.1f s): %s", shown, time.perf_counter() - started, summary)
     return summary
 
 

@@ -19,7 +19,12 @@ from src.config import EmbedConfig, ExperimentConfig
 from src.data.audio import rms_dbfs
 from src.data.cache import AudioCache, read_manifest
 from src.data.folds import split_by_fold
-from src.inference.extractors import EmbeddingExtractor, ModuleExtractor, build_extractor
+from src.inference.extractors import (
+    EmbeddingExtractor,
+    ModuleExtractor,
+    build_extractor,
+    known_fingerprint,
+)
 from src.inference.gender import load_gender_head, male_probabilities
 from src.inference.windows import batches_by_length, clip_windows, energy_mask
 from src.util.io import write_csv, write_npz
@@ -111,17 +116,19 @@ def embedding_roles(cfg: ExperimentConfig, manifest: pd.DataFrame, fold: int) ->
 def embed_stage(cfg: ExperimentConfig, fold: int, force: bool = False) -> Path:
     """Embed one fold's clips with that fold's extractor; returns the embeddings path."""
     out = cfg.fold_dir(fold) / "embeddings.npz"
-    extractor = build_extractor(cfg, fold)
+    known = known_fingerprint(cfg, fold)  # a cached fold needs no model
+    extractor = build_extractor(cfg, fold) if known is None else None
     stamp = fingerprint(
         cfg.embed.model_dump(exclude={"batch_seconds_cuda"}),  # speed only, like batch_seconds
         cfg.score.cohort_files_per_speaker,
-        extractor.fingerprint,
+        known or extractor.fingerprint,
         files_fingerprint([cfg.paths.prep_dir / "manifest.csv", cfg.folds_dir / "folds.csv"]),
     )
     if not force and is_fresh(out.parent, "embed", stamp, [out]):
         log.info("embed fold %d: unchanged, reusing %s", fold, out)
         return out
     mark_started(out.parent, "embed")
+    extractor = extractor or build_extractor(cfg, fold)
     manifest = read_manifest(cfg.paths.prep_dir)
     cache = AudioCache(cfg.paths.prep_dir, manifest)
     roles = embedding_roles(cfg, manifest, fold)

@@ -95,6 +95,18 @@ def _cnn(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:
     return load_cnn_extractor(cfg.fold_dir(fold) / "best.pt", cfg.train.device, cfg)
 
 
+def known_fingerprint(cfg: ExperimentConfig, fold: int) -> str | None:
+    """The fingerprint :func:`build_extractor` would give, when it is known without building
+    the model (a trained CNN: its checkpoint's digest, if the checkpoint matches the config);
+    ``None`` otherwise. Lets a cached stage skip building a model (and importing timm)."""
+    path = cfg.fold_dir(fold) / "best.pt"
+    if cfg.extractor.kind != "cnn" or not path.is_file():
+        return None
+    if model_mismatches(load_checkpoint(path, "cpu")["config"], cfg):
+        return None  # building it refuses the checkpoint, naming the differences
+    return file_digest(path)
+
+
 def _resemblyzer(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:
     from src.inference.resemblyzer_backend import ResemblyzerExtractor
 

@@ -32,13 +32,28 @@ from __future__ import annotations
 import difflib
 import logging
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import timm
 import torch
-from timm.models.resnet import ResNet
 from torch import nn
 
 from src.config import ModelConfig
+
+if TYPE_CHECKING:
+    from timm.models.resnet import ResNet
+
+# timm (and torchvision behind it) is imported where a backbone is built, not at import time:
+# a fully cached rerun never builds one and saves seconds of start-up
+
+
+def __getattr__(name: str) -> object:
+    """``backbones.timm``: the timm module, imported on first use."""
+    if name == "timm":
+        import timm
+
+        return timm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +63,8 @@ SUGGESTED_BACKBONES = ("resnet18", "resnet34", "resnet10t", "resnet50", "efficie
 
 @lru_cache(maxsize=1)
 def _resnet_family() -> frozenset[str]:
+    import timm
+
     return frozenset(timm.list_models(module="resnet"))
 
 
@@ -84,6 +101,9 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
     RuntimeError
         Pretrained weights requested but not downloadable (offline, no local cache).
     """
+    import timm
+    from timm.models.resnet import ResNet
+
     name = cfg.backbone
     if not timm.is_model(name):
         raise ValueError(_unknown_backbone_message(name))
@@ -92,7 +112,8 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
     if cfg.width != 1.0:
         if not resnet:
             log.warning(
-                "model.width=%s only applies to ResNet-family models; %s keeps its own widths",
+                "model.width=%s applies to ResNet-family backbones only; %s (not a ResNet) "
+                "keeps its own widths (set model.width=1 to silence this)",
                 cfg.width,
                 name,
             )
@@ -111,8 +132,8 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
                 log.info("stem: speaker re-initialises the stem of pretrained %s", name)
         else:
             log.warning(
-                "stem: speaker is supported for ResNet-family models only; %s keeps "
-                "its timm stem (set model.stem=timm to silence this)",
+                "model.stem=speaker applies to ResNet-family backbones only; %s (not a ResNet) "
+                "keeps its timm stem (set model.stem=timm to silence this)",
                 name,
             )
     if cfg.channels_last:
@@ -139,6 +160,8 @@ def backbone_output_shape(backbone: nn.Module, n_mels: int, frames: int = 64) ->
 
 
 def _create(name: str, pretrained: bool, **kwargs: object) -> nn.Module:
+    import timm
+
     try:
         return timm.create_model(
             name, pretrained=pretrained, in_chans=1, num_classes=0, global_pool="", **kwargs
@@ -162,6 +185,8 @@ def _is_download_error(err: BaseException) -> bool:
 
 
 def _unknown_backbone_message(name: str) -> str:
+    import timm
+
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     choices = list(dict.fromkeys([*close, *SUGGESTED_BACKBONES]))
     return (

@@ -1,27 +1,69 @@
-"""The leaderboard: every run under ``paths.outputs``, best OOF EER first.
+"""The leaderboard: every run, best OOF EER first among runs of the same fold split.
 
-``python -m src leaderboard --config configs/X.yaml`` prints one row per first-level run (its
-``metrics.json`` from ``score``) and per stack (``stack*/metrics.json``): OOF EER and minDCF,
-test accuracy at the key-free balanced threshold where an answer key exists, the settings it
-changed relative to its config file (from ``run.json``), the date of its figures and its
-training time (from each fold's ``history.csv``). It also writes ``leaderboard.csv`` there.
+``python -m src leaderboard`` looks under the outputs folder of every config in ``configs/``
+(``outputs/``, ``outputs/libri/``, ...; it logs where it looked); ``--config configs/X.yaml``
+under that config's ``paths.outputs`` only. One row per first-level run (its ``metrics.json``
+from ``score``) and per stack (``stack*/metrics.json``): OOF EER and minDCF, test accuracy at
+the key-free balanced threshold where an answer key exists, the fold split (``folds``:
+``<K>fold-<hash>`` of the folds settings and seed, from the run's ``config.yaml``), the settings
+it changed relative to its config file (from ``run.json``), the date of its figures and its
+training time (from each fold's ``history.csv``).
+
+OOF figures of different fold splits come from different trials, so they are not comparable:
+each split is its own table, ranked within itself (``rank``). ``leaderboard.csv`` is written
+into the (first) outputs folder looked at.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from src.util.io import read_json, write_csv
+from src.util.logs import plural
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["run", "kind", "oof_eer", "oof_min_dcf_0.01", "test_acc_balanced", "changed",
-           "date", "train_min"]  # fmt: skip
+COLUMNS = ["rank", "run", "kind", "folds", "oof_eer", "oof_min_dcf_0.01", "test_acc_balanced",
+           "changed", "date", "train_min", "outputs"]  # fmt: skip
+SHOWN = [c for c in COLUMNS if c not in ("folds", "outputs")]  # folds: one table per split
+UNKNOWN_FOLDS = "unknown split"
+
+
+def fold_split(folder: Path) -> str:
+    """The fold split a run's OOF figures come from (``5fold-1a2b3c4d``, as ``folds_dir``
+    names it), from its ``config.yaml``; :data:`UNKNOWN_FOLDS` without one."""
+    from src.config import ConfigError, config_from_dict
+
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return UNKNOWN_FOLDS
+    try:
+        return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8"))).folds_dir.name
+    except (ConfigError, ValueError, yaml.YAMLError):
+        return UNKNOWN_FOLDS
+
+
+def config_outputs(configs: Path) -> list[Path]:
+    """The distinct ``paths.outputs`` of every config in ``configs`` (one that does not load is
+    skipped), the repo's default ``outputs`` first."""
+    from src.config import ConfigError, load_config
+
+    found: list[Path] = []
+    for path in sorted(Path(configs).glob("*.yaml")):
+        try:
+            outputs = load_config(path).paths.outputs
+        except (ConfigError, ValueError, OSError):
+            continue
+        if outputs not in found:
+            found.append(outputs)
+    return sorted(found, key=lambda p: (p != Path("outputs"), str(p)))
 
 
 def _changed(folder: Path) -> str:
@@ -55,6 +97,7 @@ def first_level_row(folder: Path) -> dict | None:
     return {
         "run": folder.name,
         "kind": "first level (AS-norm)",
+        "folds": fold_split(folder),
         "oof_eer": metrics["oof"]["asnorm"]["eer"],
         "oof_min_dcf_0.01": metrics["oof"]["asnorm"]["min_dcf_0.01"],
         "test_acc_balanced": test.get("accuracy_balanced"),
@@ -81,6 +124,7 @@ def stack_row(folder: Path) -> dict | None:
     return {
         "run": f"{folder.name} [{combined}]",
         "kind": "stack",
+        "folds": fold_split(folder),
         "oof_eer": metrics["stack"]["eer"],
         "oof_min_dcf_0.01": metrics["stack"]["min_dcf_0.01"],
         "test_acc_balanced": test,
@@ -90,21 +134,31 @@ def stack_row(folder: Path) -> dict | None:
     }
 
 
-def leaderboard(outputs: Path) -> pd.DataFrame:
-    """Every scored run and stack under ``outputs``, sorted by OOF EER."""
+def leaderboard(outputs: Path | Iterable[Path]) -> pd.DataFrame:
+    """Every scored run and stack under ``outputs`` (one folder or several), grouped by fold
+    split (the most runs first) and sorted by OOF EER within it; ``rank`` counts within it."""
+    roots = [Path(outputs)] if isinstance(outputs, str | Path) else [Path(p) for p in outputs]
     rows = []
-    for folder in (
-        sorted(p for p in Path(outputs).iterdir() if p.is_dir()) if outputs.is_dir() else []
-    ):
-        row = stack_row(folder) if folder.name.startswith("stack") else first_level_row(folder)
-        if row is not None:
-            rows.append(row)
+    for root in roots:
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            stack = folder.name.startswith("stack")
+            row = stack_row(folder) if stack else first_level_row(folder)
+            if row is not None:
+                rows.append(row | {"outputs": str(root)})
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return table.sort_values("oof_eer", kind="mergesort", ignore_index=True)
+    if table.empty:
+        return table
+    size = table.groupby("folds")["run"].transform("size")
+    table = table.assign(_size=-size).sort_values(
+        ["_size", "folds", "oof_eer"], kind="mergesort", ignore_index=True
+    )
+    table["rank"] = table.groupby("folds").cumcount() + 1
+    return table.drop(columns="_size")
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The leaderboard as a markdown table (percentages for EER and accuracy)."""
+    """The leaderboard as markdown: one table per fold split, each under a heading that says
+    where its runs are (percentages for EER and accuracy)."""
 
     def cell(column: str, value: object) -> str:
         if value is None or (isinstance(value, float) and pd.isna(value)):
@@ -115,17 +169,31 @@ def format_table(table: pd.DataFrame) -> str:
             return f"{float(value):.3f}"
         return str(value)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(cell(c, row[c]) for c in COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+    splits = list(dict.fromkeys(table["folds"]))
+    lines: list[str] = []
+    for split in splits:
+        part = table[table["folds"] == split]
+        where = ", ".join(sorted(set(part["outputs"])))
+        note = (
+            " (not comparable with the other splits: other OOF trials)" if len(splits) > 1 else ""
+        )
+        lines += [f"## {split}: {plural(len(part), 'run')} under {where}{note}", ""]
+        lines += ["| " + " | ".join(SHOWN) + " |", "|" + "---|" * len(SHOWN)]
+        for _, row in part.iterrows():
+            lines.append("| " + " | ".join(cell(c, row[c]) for c in SHOWN) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def print_leaderboard(outputs: Path) -> pd.DataFrame:
-    """Print the leaderboard of ``outputs`` and write ``outputs/leaderboard.csv``."""
-    table = leaderboard(outputs)
+def print_leaderboard(outputs: Path | list[Path]) -> pd.DataFrame:
+    """Print the leaderboard of ``outputs`` (one folder or several) and write
+    ``leaderboard.csv`` into the first; logs where it looked."""
+    roots = [Path(outputs)] if isinstance(outputs, str | Path) else [Path(p) for p in outputs]
+    looked = ", ".join(f"{r}/" for r in roots)
+    table = leaderboard(roots)
     if table.empty:
-        raise FileNotFoundError(f"no scored runs under {outputs}: run the pipeline first")
-    write_csv(Path(outputs) / "leaderboard.csv", table)
+        raise FileNotFoundError(f"no scored runs under {looked}: run the pipeline first")
+    log.info("leaderboard: %d rows from %s", len(table), looked)
+    write_csv(roots[0] / "leaderboard.csv", table)
     sys.stdout.write(format_table(table))
     return table

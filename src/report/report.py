@@ -6,10 +6,16 @@ Writes ``<outputs>/report/``:
   score (``<exp>/cosine``, ``<exp>/asnorm``) and the stack, on OOF trials; plus TEST accuracy
   of every policy when ``public-test-labels.csv`` (``audio_1,audio_2,label``) lies next to
   ``public-test.csv``.
-- ``det.png``, ``score_histograms.png``.
+- ``det.png``, ``score_histograms.png`` (with the submit threshold), ``training_curves.png``,
+  and the diagnostics of ``figures.py``: ``calibration.png``, ``scores_by_group.png``,
+  ``accuracy_threshold.png``, ``stack_importance.png``, ``eer_by_fold.png`` (``.csv``).
 - ``by_duration.csv`` (by the shorter clip's duration) and ``by_gender.csv`` (MM/FF/MF) for the
   main source (the stack when it exists) under the submit policy, on OOF trials.
-- ``summary.md``: the page to read first.
+- ``summary.md``: the page to read first; it opens with a WARNING when a source's scores have
+  collapsed or a trial-graph feature group is shifted on the test (both also logged).
+
+Reused when its inputs (:func:`report_inputs`), the config and the report's code are unchanged
+(``--force`` redoes it).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from src.stacking.inputs import (
 )
 from src.stacking.submit import POLICIES, apply_policy, balanced_labels
 from src.util.io import read_json, write_csv, write_json, write_text
+from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 from .plots import plot_det, plot_histograms, plot_training_curves
 
@@ -195,9 +202,15 @@ def breakdowns(
     source: Source, manifest: pd.DataFrame, policy: str, positive_share: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Errors of ``source`` on OOF trials by shorter-clip duration and by gender pairing."""
-    oof = source.oof.copy()
+    oof = with_groups(source, manifest)
     scores, labels = oof["score"].to_numpy(), oof["label"].to_numpy()
     oof["predicted"] = apply_policy(policy, scores, scores, labels, positive_share)[0]
+    return group_errors(oof, "shorter_clip"), group_errors(oof, "gender_pair")
+
+
+def with_groups(source: Source, manifest: pd.DataFrame) -> pd.DataFrame:
+    """``source``'s OOF trials with their ``shorter_clip`` duration bin and ``gender_pair``."""
+    oof = source.oof.copy()
     info = manifest.drop_duplicates("id").set_index("id")
     duration = pd.to_numeric(info["duration"], errors="coerce")
     shorter = np.minimum(
@@ -209,7 +222,7 @@ def breakdowns(
         gender.reindex(oof["audio_1"]).reset_index(drop=True),
         gender.reindex(oof["audio_2"]).reset_index(drop=True),
     )
-    return group_errors(oof, "shorter_clip"), group_errors(oof, "gender_pair")
+    return oof
 
 
 def graph_changes(cfg: ExperimentConfig, manifest: pd.DataFrame) -> dict | None:
@@ -365,10 +378,13 @@ def summary_markdown(
         "file exists) use thresholds from OOF, as the submission does.",
         "",
         _table(pd.DataFrame(rows)),
-        "",
-        "## Where does it fail?",
-        "",
     ]
+    diagnostics = extra.get("diagnostics") or {}
+    if diagnostics:
+        from .figures import warnings_markdown
+
+        lines += warnings_markdown(diagnostics["collapsed"], diagnostics["shifted"])
+    lines += ["", "## Where does it fail?", ""]
     if by_duration is None or by_gender is None:
         lines.append("No manifest, so no breakdown by duration or gender.")
     else:
@@ -432,7 +448,16 @@ def summary_markdown(
     lines += _data_notes_lines(extra.get("data_notes"))
     if extra.get("top_features"):
         lines += ["", "## Top stack features (gain)", "", ", ".join(extra["top_features"])]
-    lines += ["", "Figures: `det.png`, `score_histograms.png`, `training_curves.png`.", ""]
+    if diagnostics:
+        from .figures import diagnostics_markdown
+
+        figures = ["det.png", "score_histograms.png", *diagnostics["figures"]]
+        lines += diagnostics_markdown(
+            diagnostics["calibration"], diagnostics["eer_by_fold"], figures, _table
+        )
+        lines.append("")
+    else:
+        lines += ["", "Figures: `det.png`, `score_histograms.png`, `training_curves.png`.", ""]
     return "\n".join(lines)
 
 
@@ -532,9 +557,48 @@ def _with_checked_test(source: Source, expected: pd.DataFrame | None) -> Source:
     return Source(source.name, source.oof, None, None)
 
 
-def report_stage(cfg: ExperimentConfig) -> None:
+WARNINGS_FILE = "warnings.json"  # the summary's WARNING lines, logged again when reused
+REPORT_VERSION = 2  # 2: diagnostics figures; a new version redoes every report once
+
+
+def report_inputs(cfg: ExperimentConfig) -> list[Path]:
+    """Every file the report reads (their content decides whether it is redone)."""
+    outputs = cfg.paths.outputs
+    files = []
+    for run in cfg.stacked_runs:
+        files += [outputs / run / n for n in ("oof_scores.csv", "test_scores.csv", "metrics.json")]
+        files += sorted((outputs / run).glob("fold*/history.csv"))
+    if cfg.stack_dir.is_dir():
+        skip = {"run.json"}  # stage times, rewritten by every stage (the report's own too)
+        files += sorted(
+            p
+            for p in cfg.stack_dir.iterdir()
+            if p.is_file() and p.name[0] != "." and p.name not in skip
+        )
+    prep = cfg.paths.prep_dir  # every table prepare wrote (manifest, skipped files, copies, ...)
+    files += sorted(prep.glob("*.csv")) if prep.is_dir() else []
+    test_csv = cfg.paths.input / cfg.data.test_csv
+    return [*files, test_csv, test_csv.parent / LABELS_FILE]
+
+
+def report_fingerprint(cfg: ExperimentConfig) -> str:
+    """The report's inputs, its config and its own code (``src/report/*.py``: a report whose
+    code changed is redrawn, whatever ``REPORT_VERSION`` says)."""
+    settings = cfg.model_dump(mode="json", exclude={"serve", "export", "tracking"})
+    code = files_fingerprint(Path(__file__).parent.glob("*.py"))
+    return fingerprint(REPORT_VERSION, settings, code, files_fingerprint(report_inputs(cfg)))
+
+
+def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     """CLI entry: write ``<outputs>/report/`` (metrics, figures, breakdowns, summary)."""
     out = cfg.report_dir
+    stamp = report_fingerprint(cfg)
+    if not force and is_fresh(out, "report", stamp, [out / "summary.md", out / "metrics.json"]):
+        log.info("report: inputs unchanged, reusing %s", out)
+        for line in read_json(out / WARNINGS_FILE) if (out / WARNINGS_FILE).is_file() else []:
+            log.warning("report: %s", line)  # a reused report still warns
+        return
+    mark_started(out, "report")
     share, policy = cfg.submit.positive_share, cfg.submit.policy
     sources = collect_sources(cfg)
     test_csv = cfg.paths.input / cfg.data.test_csv
@@ -556,6 +620,7 @@ def report_stage(cfg: ExperimentConfig) -> None:
             name: {
                 "oof": summarise(s.oof["score"].to_numpy(), s.oof["label"].to_numpy()),
                 "policies": policy_accuracies(s, share, test_labels),
+                **source_calibration(s),
             }
             for name, s in sources.items()
         },
@@ -570,17 +635,110 @@ def report_stage(cfg: ExperimentConfig) -> None:
     write_json(out / "metrics.json", metrics)
     oof = {n: (s.oof["score"].to_numpy(), s.oof["label"].to_numpy()) for n, s in sources.items()}
     plot_det(oof, out / "det.png")
+    thresholds = submit_thresholds(metrics)
+    collapsed = collapsed_sources(oof)
     plot_histograms(
-        {n: (*oof[n], s.test) for n, s in sources.items()}, out / "score_histograms.png"
+        {n: (*oof[n], s.test) for n, s in sources.items()},
+        out / "score_histograms.png",
+        thresholds,
+        collapsed,
     )
     histories = training_histories(cfg)
     if histories:
         plot_training_curves(histories, out / "training_curves.png")
+    diagnostics = diagnostics_for(cfg, sources, main, metrics, thresholds, collapsed)
     extra = _stack_extras(cfg.stack_dir)
     extra["test_train_copies"] = _copies(cfg)
     fallback = read_fallback_pairs(cfg.paths.prep_dir)
     extra["fallback_pairs"] = None if fallback.empty else fallback
     extra["graph"] = graph
     extra["data_notes"] = data_notes(cfg.paths.prep_dir, manifest)
+    extra["diagnostics"] = diagnostics
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)
+    write_json(out / WARNINGS_FILE, diagnostics["warnings"])
+    mark_done(out, "report", stamp)
+
+
+def source_calibration(source: Source) -> dict:
+    """``{"calibration": ...}`` (:func:`src.report.figures.calibration`) for a source of
+    probabilities (the stacks); ``{}`` for raw scores."""
+    from .figures import calibration, is_probability
+
+    scores = source.oof["score"].to_numpy()
+    if not is_probability(source.name, scores):
+        return {}
+    return {"calibration": calibration(scores, source.oof["label"].to_numpy())}
+
+
+def submit_thresholds(metrics: dict) -> dict[str, float]:
+    """Each source's threshold under the submit policy (on test scores when it has them)."""
+    policy = metrics["policy"]
+    thresholds = {}
+    for name, entry in metrics["sources"].items():
+        chosen = entry["policies"][policy]
+        thresholds[name] = chosen.get("test_threshold", chosen["oof_threshold"])
+    return thresholds
+
+
+def collapsed_sources(oof: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, str]:
+    """Sources whose OOF scores collapsed (:func:`src.report.figures.collapse_reason`), warned."""
+    from .figures import collapse_reason
+
+    collapsed = {}
+    for name, (scores, _) in oof.items():
+        reason = collapse_reason(scores)
+        if reason is not None:
+            collapsed[name] = reason
+            log.warning("report: %s", collapse_line(name, reason))
+    return collapsed
+
+
+def collapse_line(name: str, reason: str) -> str:
+    return f"{name}: scores collapsed: {reason}"
+
+
+def diagnostics_for(
+    cfg: ExperimentConfig,
+    sources: dict[str, Source],
+    main: str,
+    metrics: dict,
+    thresholds: dict[str, float],
+    collapsed: dict[str, str],
+) -> dict:
+    """Draw the diagnostic figures (``figures.py``) and gather what the summary says of them."""
+    from .figures import shift_warnings, write_diagnostics
+
+    groups = None
+    if (cfg.paths.prep_dir / "manifest.csv").is_file():
+        groups = with_groups(sources[main], load_manifest(cfg.paths.prep_dir))
+    calibrations = {
+        name: entry["calibration"]
+        for name, entry in metrics["sources"].items()
+        if "calibration" in entry
+    }
+    drawn = write_diagnostics(
+        cfg.report_dir,
+        {name: s.oof for name, s in sources.items()},
+        main,
+        groups,
+        thresholds,
+        calibrations,
+        cfg.stack_dir / "importances.csv",
+    )
+    adversarial = cfg.stack_dir / "adversarial.json"
+    warn_auc = read_json(adversarial).get("warn_auc", 0.7) if adversarial.is_file() else 0.7
+    shifted = shift_warnings(cfg.stack_dir, warn_auc)
+    for line in shifted:
+        log.warning("report: %s", line)
+    figures = drawn["figures"]
+    if (cfg.report_dir / "training_curves.png").is_file():
+        figures = ["training_curves.png", *figures]
+    return {
+        "warnings": [collapse_line(n, r) for n, r in collapsed.items()] + shifted,
+        "collapsed": collapsed,
+        "shifted": shifted,
+        "calibration": calibrations,
+        "eer_by_fold": drawn["eer_by_fold"],
+        "figures": figures,
+    }

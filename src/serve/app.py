@@ -54,6 +54,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from src.config import ExperimentConfig, ServeConfig
 from src.data.pairs import DataLayoutError, clean_name, pair_list_from_rows, pair_list_from_text
 
+from .bundle import BundleError
 from .ensemble import BundleModel, Clip
 from .uploads import UploadError, decode_upload
 
@@ -342,7 +343,13 @@ class ContentLengthLimit:
 
 def serve_stage(cfg: ExperimentConfig) -> None:
     """CLI entry: load the bundle ``serve.bundle`` (default: ``export``'s), then serve it."""
-    model = BundleModel.load(cfg.served_bundle, cfg.serve.runtime)
+    root = cfg.served_bundle
+    if cfg.serve.runtime == "onnx" and cfg.serve.bundle is None and not root.is_dir():
+        raise BundleError(
+            f"no ONNX bundle at {root}: export one first (python -m src export --config ... "
+            "export.onnx=true; it has its own folder, so a plain export never replaces it)"
+        )
+    model = BundleModel.load(root, cfg.serve.runtime)
     app = create_app(model, cfg.serve)
     host, port = cfg.serve.host, cfg.serve.port
     shown = f"[{host}]" if ":" in host else host

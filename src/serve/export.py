@@ -38,6 +38,7 @@ from src.stacking.stack import STACKER_DIR, STACKER_FILE
 from src.stacking.submit import BUNDLE_COLUMN, bundle_threshold
 from src.training.checkpoint import load_checkpoint, save_checkpoint
 from src.util.io import write_json, write_npy, write_text
+from src.util.logs import plural
 from src.util.stage_cache import files_fingerprint, fingerprint
 
 from .bundle import (
@@ -84,9 +85,9 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(f["bytes"] for f in manifest["files"].values())
     log.info(
-        "export: %s (%d runs, %.1f MB, threshold %.4f) in %.1f s",
+        "export: %s (%s, %.1f MB, threshold %.4f) in %.1f s",
         out,
-        len(runs),
+        plural(len(runs), "run"),
         size / 2**20,
         manifest["threshold"]["value"],
         time.perf_counter() - started,
@@ -161,8 +162,9 @@ def pack_run(cfg: ExperimentConfig, run: ExperimentConfig, root: Path) -> dict[s
             save_checkpoint(
                 fold / "best.pt", {key: state[key] for key in CHECKPOINT_KEYS if key in state}
             )
-            if cfg.export.onnx:
-                diff = export_onnx(run, fold, cfg.export.opset)
+            if cfg.export.onnx:  # logged under the bundle's final name, not the staging one
+                shown = cfg.bundle_dir / fold.relative_to(root)
+                diff = export_onnx(run, fold, cfg.export.opset, shown)
                 if diff is not None:
                     onnx_diffs[k] = diff
     write_text(target / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
@@ -186,18 +188,22 @@ def fold_cohort(path: Path, fold: int) -> np.ndarray:
     return cohort_means(emb)
 
 
-def export_onnx(run: ExperimentConfig, fold_dir: Path, opset: int) -> float | None:
-    """``fold_dir/model.onnx`` from the fold model there; ``None`` when it cannot be split."""
+def export_onnx(
+    run: ExperimentConfig, fold_dir: Path, opset: int, shown: Path | None = None
+) -> float | None:
+    """``fold_dir/model.onnx`` from the fold model there; ``None`` when it cannot be split.
+    ``shown``: the folder named in the log (the final one, when ``fold_dir`` is staged)."""
+    shown = shown or fold_dir
     from src.inference.extractors import load_cnn_extractor
 
     from .onnx_models import can_export, export_fold_onnx
 
     extractor = load_cnn_extractor(fold_dir / "best.pt", "cpu")
     if not can_export(extractor.model):
-        log.info("%s: %s is served in torch (no ONNX form)", fold_dir, run.model.architecture)
+        log.info("%s: %s is served in torch (no ONNX form)", shown, run.model.architecture)
         return None
     diff = export_fold_onnx(extractor.model, fold_dir / "model.onnx", run.data.sample_rate, opset)
-    log.info("%s/model.onnx: largest difference from torch %.2e", fold_dir, diff)
+    log.info("%s/model.onnx: largest difference from torch %.2e", shown, diff)
     return diff
 
 

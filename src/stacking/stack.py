@@ -38,6 +38,7 @@ from src.config import ExperimentConfig, StackConfig, config_to_yaml
 from src.inference.embed import load_embeddings
 from src.inference.metrics import equal_error_rate, summarise
 from src.util.io import write_csv, write_json, write_text
+from src.util.logs import plural
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 from .adversarial import adversarial_validation, write_adversarial
@@ -337,7 +338,9 @@ def load_graph_views(experiments: list[ExperimentScores], dirs: list[Path]) -> G
     if len(experiments) > 1:
         inputs[FUSED] = {f: [embeddings[e.name][f] for e in experiments] for f in reference.folds}
     views = graph_feature_views(inputs, reference.oof, reference.test)
-    log.info("graph features: %d graphs in %.1f s", len(views), time.perf_counter() - started)
+    log.info(
+        "graph features: %s in %.1f s", plural(len(views), "graph"), time.perf_counter() - started
+    )
     return views
 
 

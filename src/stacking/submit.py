@@ -200,9 +200,11 @@ def apply_transitive(
     choice = (decide if cfg.submit.transitive == "auto" else choose_thresholds)(oof, probs, share)
     if choice.high is None:
         log.info(
-            "transitive consistency off: no gain on OOF trials (accuracy %.4f, nested %s)",
+            "transitive consistency off: no gain on OOF trials (accuracy %.4f%s)",
             choice.oof_accuracy_before,
-            choice.oof_accuracy_nested,
+            ""
+            if choice.oof_accuracy_nested is None
+            else f", nested {choice.oof_accuracy_nested:.4f}",
         )
         return table
     adjusted = propagate(table, table["score"].to_numpy(), choice.high, choice.low)

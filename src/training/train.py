@@ -55,7 +55,7 @@ from src.training.selection import (
 )
 from src.training.step import CompileFallback, StepTotals, TrainStep
 from src.util.io import write_csv, write_text
-from src.util.logs import progress
+from src.util.logs import plural, progress
 from src.util.seed import seed_everything
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
@@ -410,12 +410,12 @@ def train_stage(
     if ctx.is_main:
         write_text(out / "config.yaml", config_to_yaml(cfg))
         log.info(
-            "train fold %d: %d speakers, %d clips, %d steps/epoch, %d params, device %s, "
+            "train fold %d: %d speakers, %d clips, %s/epoch, %d params, device %s, "
             "checkpoint by %s",
             fold,
             len(data.speakers),
             len(data.ids),
-            steps,
+            plural(steps, "step"),
             sum(p.numel() for p in modules.model.parameters()),
             device,
             selection_summary(cfg, split),
@@ -486,12 +486,12 @@ def train_stage(
         state["history"].append(row)
         if ctx.is_main:
             log.info(
-                "fold %d epoch %d: loss %.3f acc %.3f val EER %.4f (%.0f s)",
+                "fold %d epoch %d: loss %.3f acc %.3f%s (%.0f s)",
                 fold,
                 epoch + 1,
                 totals["loss"],
                 totals["accuracy"],
-                val_eer,
+                f" val EER {val_eer:.4f}" if validation is not None else "",
                 seconds,
             )
             if cfg.train.selection == "average" and state["epoch"] in averaged_epochs(
@@ -509,7 +509,10 @@ def train_stage(
 
 def selection_summary(cfg: ExperimentConfig, split: FoldTrainingData) -> str:
     if split.validation_trials is None:
-        return f"the mean of the last {cfg.train.average_last} of {cfg.train.epochs} epochs"
+        averaged = min(cfg.train.average_last, cfg.train.epochs)
+        if averaged == 1:
+            return f"the weights after the last of {plural(cfg.train.epochs, 'epoch')}"
+        return f"the mean of the last {averaged} of {cfg.train.epochs} epochs"
     return (
         f"validation EER on {len(split.validation_speakers)} held-out speakers "
         f"({len(split.validation_trials)} trials)"
