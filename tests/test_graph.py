@@ -251,3 +251,77 @@ def test_a_self_pair_is_its_own_nearest_neighbour() -> None:
     assert np.isfinite(features.to_numpy()).all()
     assert features.loc[0, "log_rank_max"] == 0.0 and features.loc[0, "same_cluster_0"] == 1.0
     assert features.loc[0, "tree_sim"] == 1.0 - 0.4 and features.loc[0, "profile_corr"] == 1.0
+
+
+def test_a_fold_s_labels_never_reach_its_own_oof_predictions(tmp_path) -> None:
+    """At the level of the cross-fitted stack: permuting fold 0's OOF labels leaves fold 0's
+    OOF predictions unchanged, with every graph-feature group (the graph stacker), without them
+    (the bundle's stacker), and each group's features themselves; other folds' change."""
+    from src.stacking.inputs import align_experiments, load_experiment
+    from src.stacking.stack import GRAPH_GROUPS, graph_group_columns, load_graph_views, run_stack
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    cfg, _ = write_graph_inputs(tmp_path, trials_per_fold=300, n_test_pairs=200)
+    directory = cfg.paths.outputs / "cnn"
+    before = run_stack(cfg, [directory], tmp_path / "before")
+    views_before, _ = load_graph_views(align_experiments([load_experiment(directory)]), [directory])
+    path = directory / "oof_scores.csv"
+    table = pd.read_csv(path)
+    in_fold0 = (table["fold"] == 0).to_numpy()
+    table.loc[in_fold0, "label"] = np.random.default_rng(0).permutation(table["label"][in_fold0])
+    table.to_csv(path, index=False)
+    after = run_stack(cfg, [directory], tmp_path / "after")
+    views_after, _ = load_graph_views(align_experiments([load_experiment(directory)]), [directory])
+    assert before.metrics["graph_guard"]["dropped_groups"] == []  # every group was stacked
+    for column in ("prob", "prob_without_graph", "prob_bundle"):
+        np.testing.assert_array_equal(before.oof[column][in_fold0], after.oof[column][in_fold0])
+        assert not np.array_equal(before.oof[column][~in_fold0], after.oof[column][~in_fold0])
+    oof_before, oof_after = views_before["cnn"][0], views_after["cnn"][0]
+    for group in GRAPH_GROUPS:
+        columns = graph_group_columns(oof_before.columns, group)
+        assert columns, group
+        pd.testing.assert_frame_equal(oof_before[columns], oof_after[columns])
+
+
+def test_the_graph_guard_warns_and_leaves_out_a_shifted_group(tmp_path, caplog) -> None:
+    """A group whose test features sit far from its OOF ones is named in the log, left out of
+    the graph stacker and reported; unequal fold graphs are a size warning."""
+    from src.report.report import graph_markdown
+    from src.stacking.graph import GraphSize
+    from src.stacking.inputs import align_experiments, load_experiment
+    from src.stacking.stack import (
+        graph_group_columns,
+        graph_guard,
+        load_graph_views,
+        without_groups,
+    )
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    cfg, _ = write_graph_inputs(tmp_path, trials_per_fold=200, n_test_pairs=200)
+    directory = cfg.paths.outputs / "cnn"
+    experiments = align_experiments([load_experiment(directory)])
+    views, sizes = load_graph_views(experiments, [directory])
+    assert sizes[0] == GraphSize(held_out=120, test=144)
+    oof, tests = views["cnn"]
+    shifted = graph_group_columns(oof.columns, "paths")
+    tests = {f: t.assign(**{c: t[c] + 10.0 for c in shifted}) for f, t in tests.items()}
+    views = {"cnn": (oof, tests)}
+    sizes = {**sizes, 0: GraphSize(held_out=120, test=1440)}
+    with caplog.at_level("WARNING"):
+        guard = graph_guard(views, sizes, experiments[0], cfg)
+    assert guard.dropped == ["paths"] and guard.aucs["paths"] > 0.9
+    assert guard.size_ratio > 1.5
+    assert "'paths'" in caplog.text and "left out of the graph stacker" in caplog.text
+    assert "differ in size" in caplog.text
+    kept = without_groups(views, guard.dropped)["cnn"]
+    assert not set(shifted) & set(kept[0].columns) and kept[0].columns.equals(kept[1][0].columns)
+    changes = {
+        "eer_with": 0.1,
+        "eer_without": 0.1,
+        "accuracy_with": 0.9,
+        "accuracy_without": 0.9,
+        "by": {"shorter_clip": pd.DataFrame({"a": [1]}), "gender_pair": pd.DataFrame({"a": [1]})},
+        "adversarial": guard.aucs,
+        "guard": guard.to_json(),
+    }
+    assert "left out of the graph stacker" in "\n".join(graph_markdown(changes))
