@@ -51,9 +51,9 @@ EXTRA_SEED = 20261130
 
 def extra_clips(need: int, scratch: Path, sample_rate: int):
     """``need`` prepared clips of new voices: (audio cache, their ids)."""
-    from src.data.cache import AudioCache
+    from src.data.cache import AudioCache, read_manifest
     from src.data.demo import generate_demo
-    from src.data.prepare import prepare_stage, read_manifest
+    from src.data.prepare import prepare_stage
 
     voices = math.ceil(need / CLIPS_PER_VOICE)
     generate_demo(
@@ -121,7 +121,7 @@ def grown_copy(dirs: list[Path], extra: dict[str, dict], count: int, root: Path)
         target.mkdir(parents=True)
         for name in os.listdir(directory):
             if name.endswith(".csv"):
-                (target / name).symlink_to(directory / name)
+                (target / name).symlink_to((directory / name).resolve())
         for fold, vectors in extra[directory.name].items():
             emb = load_embeddings(directory / f"fold{fold}" / "embeddings.npz")
             ids = np.array([f"public-test/unpaired_{i:05d}.wav" for i in range(count)])

@@ -325,3 +325,22 @@ def test_the_graph_guard_warns_and_leaves_out_a_shifted_group(tmp_path, caplog) 
         "guard": guard.to_json(),
     }
     assert "left out of the graph stacker" in "\n".join(graph_markdown(changes))
+
+
+@pytest.mark.parametrize("factor", [1, 4])
+def test_a_grown_test_graph_does_not_cost_accuracy(tmp_path, factor: int) -> None:
+    """The same test pairs, the test graph grown with unpaired clips of unseen speakers: the
+    graph stack stays at least as accurate as the stack without graph features."""
+    from src.stacking.stack import run_stack
+    from src.stacking.submit import balanced_labels
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    options = dict(noise=1.6, clips_per_speaker=8, trials_per_fold=500, n_test_pairs=400)
+    cfg, key = write_graph_inputs(tmp_path, extra_test_clips=(factor - 1) * 192, **options)
+    result = run_stack(cfg, [cfg.paths.outputs / "cnn"], tmp_path / "stack")
+    with_graph, without = (
+        float((balanced_labels(result.test[c].to_numpy(), 0.5)[0] == key).mean())
+        for c in ("prob", "prob_without_graph")
+    )
+    assert result.metrics["graph_guard"]["graph_clips"]["fold0"]["test"] == 192 * factor
+    assert with_graph >= without, (with_graph, without)

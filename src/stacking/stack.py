@@ -14,9 +14,19 @@ Recipe
 5. Several experiments: one stacker over all of them (``stack.average=none``), or one stacker
    per experiment whose predictions are averaged as probabilities or as normalised ranks.
 
-6. The bundle's stacker: the same recipe without trial-graph features (a single served pair has
+6. Trial-graph features (``stack.graph_features``): fold ``f``'s OOF rows and fold ``f``'s
+   test view come from one graph per fold, fold ``f``'s held-out clips and the test clips under
+   fold ``f``'s model (``graph.py``); no graph feature reads a label. The graph guard
+   (:func:`graph_guard`) measures how far OOF and test graph features still differ, warns, and
+   leaves a far-shifted group out of the graph stacker.
+7. The bundle's stacker: the same recipe without trial-graph features (a single served pair has
    no graph; with ``stack.graph_features`` off it is the stacker itself), probabilities averaged.
    Its predictions are the ``prob_bundle`` columns; ``stacker/`` holds its fold models as text.
+
+Labels: the stacker that predicts fold ``f`` is fitted and early-stopped on the other folds'
+OOF labels only, so fold ``f``'s OOF predictions do not depend on fold ``f``'s labels (a test
+permutes them through :func:`run_stack`); test predictions average the K fold stackers. Nothing
+reads the test answer key.
 
 Outputs (``<outputs>/stack/``): ``oof_predictions.csv``, ``test_predictions.csv``,
 ``importances.csv``, ``metrics.json``, ``config.yaml``, ``adversarial.csv``/``.json``,
@@ -642,8 +652,9 @@ def bundle_stacker_files(
 
 # part of the stage's fingerprint: bump it when the features or the models change what the
 # stack computes from the same inputs and config, so a rerun after an upgrade redoes the stage
-# (2: second-order and tree-similarity graph features, capped ranks, clipped logistic model)
-STACK_VERSION = 2
+# (2: second-order and tree-similarity graph features, capped ranks, clipped logistic model;
+# 3: one graph per fold for OOF and test pairs, label-free cut heights, the graph guard)
+STACK_VERSION = 3
 STACK_INPUTS = ("oof_scores.csv", "test_scores.csv", "gender_oof.csv", "gender_test.csv")
 STACK_OUTPUTS = (
     "oof_predictions.csv",
