@@ -52,7 +52,11 @@ RANK_CAP = 64  # neighbour ranks are counted up to here (a rank beyond reads as 
 
 @dataclass(frozen=True)
 class GraphSettings:
-    """Neighbourhood sizes and cluster cut thresholds (cosine similarities) of one graph."""
+    """Neighbourhood sizes and cluster cut thresholds (cosine similarities) of one graph.
+
+    ``cuts``: fixed cut heights. :func:`graph_features` with none gives ``tree_sim`` alone;
+    the stack (:func:`graph_feature_views`) passes none and cuts each fold graph at its own
+    label-free :func:`cut_heights`."""
 
     k: tuple[int, ...] = (1, 3, 5, 10)
     cohort_k: int = 10
