@@ -12,7 +12,9 @@ with them, and with transitive consistency on top (thresholds chosen on OOF; its
 nested: thresholds from the other folds; ``submit.transitive=auto`` applies it only when the
 nested OOF accuracy beats the one without, ``test_acc_default``). Then the graph-size check: the
 same stack on OOF graphs of half the clips (every fold's held-out clips subsampled), and the
-adversarial AUC of each graph-feature group between OOF trials and test pairs.
+adversarial AUC of each graph-feature group between OOF trials and test pairs. (Since
+2026-11-30 each fold's OOF trials and test pairs share one graph: half the held-out clips
+shrinks both; ``bench/graph_growth.py`` grows the test graph instead.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from src.inference.metrics import accuracy_at, balanced_threshold
 from src.stacking.inputs import align_experiments, load_experiment
 from src.stacking.stack import graph_group_aucs, load_graph_views, run_stack
 from src.stacking.submit import balanced_labels
-from src.stacking.transitive import choose_thresholds, decide, nested_oof_accuracy, propagate
+from src.stacking.transitive import (
+    choose_shares,
+    decide,
+    nested_oof_accuracy,
+    propagate_shares,
+    relabel,
+)
 from src.util.io import write_json, write_npz
 from src.util.logs import setup_logging
 
@@ -55,21 +63,23 @@ def evaluate(cfg: ExperimentConfig, dirs: list[Path], key: np.ndarray | None, ou
     seconds = time.perf_counter() - started
     oof, test = result.oof, result.test
     share = cfg.submit.positive_share
-    choice = choose_thresholds(oof, oof["prob"].to_numpy(), share)
+    choice = choose_shares(oof, oof["prob"].to_numpy(), share)
     row = {
         "oof_eer": result.metrics["stack"]["eer"],
         "oof_acc_balanced": choice.oof_accuracy_before,
         "oof_acc_transitive_nested": nested_oof_accuracy(oof, oof["prob"].to_numpy(), share),
-        "transitive": [choice.high, choice.low],
-        "transitive_by_default": decide(oof, oof["prob"].to_numpy(), share).high is not None,
+        "transitive_shares": [choice.high_share, choice.low_share],
+        "transitive_by_default": decide(oof, oof["prob"].to_numpy(), share).high_share is not None,
         "stack_seconds": seconds,
     }
     if key is not None:
         prob = test["prob"].to_numpy()
         row["test_acc"] = accuracy_at(prob, key, balanced_threshold(prob, share))
-        if choice.high is not None:
-            prob = propagate(test, prob, choice.high, choice.low)
-        row["test_acc_transitive"] = float((balanced_labels(prob, share)[0] == key).mean())
+        labels = balanced_labels(prob, share)[0]
+        if choice.high_share is not None:
+            moved = propagate_shares(test, prob, choice.high_share, choice.low_share)
+            labels = relabel(moved, prob, share)
+        row["test_acc_transitive"] = float((labels == key).mean())
         row["test_acc_default"] = (
             row["test_acc_transitive"] if row["transitive_by_default"] else row["test_acc"]
         )
@@ -106,7 +116,7 @@ def adversarial_by_group(cfg: ExperimentConfig, dirs: list[Path]) -> dict[str, f
     """AUC of telling OOF trials from test pairs by each graph-feature group alone (all graphs:
     each experiment's and the fused one), as the stack stage records it."""
     experiments = align_experiments([load_experiment(d) for d in dirs])
-    return graph_group_aucs(load_graph_views(experiments, dirs), experiments[0], cfg)
+    return graph_group_aucs(load_graph_views(experiments, dirs)[0], experiments[0], cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,7 +144,9 @@ def bench_stacking(n_pairs: int = 50000) -> list[dict]:
 
 def bench_graph(n_test: int = 2789, n_pairs: int = 50000, folds: int = 5) -> dict:
     """Trial-graph features at Zalo size: 2 experiments (one fold-independent) and their fused
-    graph, 5 fold views each, OOF graphs of 1/5 of 10,556 clips with 20,000 trials per fold."""
+    graph, one graph per fold each (since 2026-11-30: 1/5 of 10,556 held-out clips with 20,000
+    trials and the 2,789 test clips with the 50,000 test pairs; before, the two were separate
+    graphs)."""
     import pandas as pd
 
     from src.stacking.graph import graph_feature_views

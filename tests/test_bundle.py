@@ -168,3 +168,30 @@ def test_serving_onnx_without_an_onnx_export_says_how_to_make_one(tmp_path: Path
     )
     with pytest.raises(BundleError, match="export.onnx=true"):
         serve_stage(cfg)
+
+
+def test_a_changed_submit_section_is_exported_and_served(tiny_bundle, tmp_path: Path) -> None:
+    """Editing ``submit.positive_share`` and rerunning from the stack stage (the stack itself is
+    reused) exports a new bundle whose API labels equal the submission's ``bundle_label``."""
+    from src.cli import call_stage
+
+    root = tiny_bundle.paths.outputs.parent
+    copy = shutil.copytree(root, tmp_path / "copy", symlinks=True)
+    paths = tiny_bundle.paths.model_copy(
+        update={"input": copy / "data", "outputs": copy / "outputs", "folds": copy / "folds"}
+    )
+    cfg = tiny_bundle.model_copy(update={"paths": paths})
+    for stage in ("stack", "submit", "export"):
+        call_stage(stage, cfg)
+    before = json.loads((cfg.bundle_dir / MANIFEST).read_text())["threshold"]["value"]
+    submit = cfg.submit.model_copy(update={"positive_share": 0.25})
+    edited = cfg.model_copy(update={"submit": submit})
+    for stage in ("stack", "submit", "export"):
+        call_stage(stage, edited)
+    manifest = json.loads((edited.bundle_dir / MANIFEST).read_text())
+    assert manifest["threshold"]["positive_share"] == 0.25
+    assert manifest["threshold"]["value"] > before
+    clips, expected = uploaded_test_pairs(edited)
+    answers = BundleModel.load(edited.bundle_dir).answer(clips, expected[["audio_1", "audio_2"]])
+    assert answers["label"].tolist() == expected["bundle_label"].tolist()
+    assert 0 < expected["bundle_label"].mean() < 0.5

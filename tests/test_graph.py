@@ -14,7 +14,7 @@ from src.stacking.graph import (
     similarity,
     two_hop,
 )
-from src.stacking.transitive import choose_thresholds, propagate
+from src.stacking.transitive import choose_shares, propagate, propagate_shares, relabel
 
 
 def _speaker_vectors(
@@ -148,21 +148,40 @@ def _experiment(seed: int):
     return embeddings, oof, test
 
 
-def test_a_fold_s_features_never_read_its_own_labels() -> None:
-    """Shuffling fold 0's labels leaves fold 0's OOF and test graph features unchanged (its
-    cut heights come from fold 1's labels only); shuffling fold 1's changes them."""
+def test_graph_features_read_no_label() -> None:
+    """Shuffling every OOF label leaves every fold's OOF and test graph features unchanged (the
+    cut heights are shares of each graph's own pairs); each fold has its own test view."""
     embeddings, oof, test = _experiment(seed=6)
     before_oof, before_test = experiment_graph_features(embeddings, oof, test, "cnn")
-    shuffled = oof.copy()
-    in_fold0 = shuffled["fold"] == 0
-    shuffled.loc[in_fold0, "label"] = (
-        shuffled.loc[in_fold0, "label"].sample(frac=1, random_state=0).to_numpy()
-    )
+    shuffled = oof.assign(label=oof["label"].sample(frac=1, random_state=0).to_numpy())
     after_oof, after_test = experiment_graph_features(embeddings, shuffled, test, "cnn")
-    pd.testing.assert_frame_equal(before_oof[in_fold0.to_numpy()], after_oof[in_fold0.to_numpy()])
-    pd.testing.assert_frame_equal(before_test[0], after_test[0])
+    pd.testing.assert_frame_equal(before_oof, after_oof)
+    for fold in (0, 1):
+        pd.testing.assert_frame_equal(before_test[fold], after_test[fold])
     assert list(before_test) == [0, 1] and not before_test[0].equals(before_test[1])  # per fold
     assert before_oof.columns.equals(before_test[0].columns)  # one code path, one column set
+    assert any(c.startswith("cnn__g_same_cluster_") for c in before_oof.columns)
+
+
+def test_oof_and_test_pairs_share_one_graph_per_fold() -> None:
+    """A fold's OOF trial and a test pair made of the same two vectors get the same features:
+    both are read from the fold's one graph of its held-out and the test clips."""
+    embeddings, oof, test = _experiment(seed=8)
+    emb = embeddings[0][0]
+    held_out = np.flatnonzero(emb["role"] == "oof")
+    tests = np.flatnonzero(emb["role"] == "test")
+    emb["vectors"][tests[:2]] = emb["vectors"][held_out[:2]]  # two test clips copy two OOF ones
+    names = [k.rsplit("/", 1)[-1] for k in emb["ids"][tests[:2]]]
+    oof_pair = pd.DataFrame({"fold": [0], "audio_1": [emb["ids"][held_out[0]]],
+                             "audio_2": [emb["ids"][held_out[1]]], "label": [0]})  # fmt: skip
+    trials = pd.concat([oof, oof_pair], ignore_index=True)
+    pairs = pd.concat(
+        [test, pd.DataFrame({"audio_1": [names[0]], "audio_2": [names[1]]})], ignore_index=True
+    )
+    oof_features, test_views = experiment_graph_features(embeddings, trials, pairs, "cnn")
+    row, test_row = oof_features.iloc[-1], test_views[0].iloc[-1]
+    same = ["cnn__g_local_norm", "cnn__g_expanded_sim", "cnn__g_profile_corr", "cnn__g_tree_sim"]
+    np.testing.assert_allclose(row[same].to_numpy(float), test_row[same].to_numpy(float), 1e-5)
 
 
 def test_propagate_moves_only_uncertain_pairs() -> None:
@@ -175,12 +194,43 @@ def test_propagate_moves_only_uncertain_pairs() -> None:
     assert out.tolist() == [0.97, 0.96, 0.9, 0.05, 0.01]
 
 
-def test_thresholds_are_off_when_they_do_not_help() -> None:
+def test_shares_are_off_when_they_do_not_help() -> None:
     trials = pd.DataFrame(
         {"fold": [0] * 4, "audio_1": list("abcd"), "audio_2": list("efgh"), "label": [1, 1, 0, 0]}
     )
-    choice = choose_thresholds(trials, np.array([0.9, 0.8, 0.2, 0.1]), 0.5)
-    assert choice.high is None and choice.oof_accuracy_before == 1.0
+    choice = choose_shares(trials, np.array([0.9, 0.8, 0.2, 0.1]), 0.5)
+    assert choice.high_share is None and choice.oof_accuracy_before == 1.0
+
+
+def test_raised_pairs_keep_their_order() -> None:
+    """Two uncertain pairs raised by the same component: the one at 0.85 keeps the last
+    positive slot ahead of the one at 0.40, wherever the rows stand."""
+    pairs = pd.DataFrame({"audio_1": list("aabbaxyzuv"), "audio_2": list("bcccdqrstw")})
+    probs = np.array([0.99, 0.40, 0.97, 0.96, 0.30, 0.85, 0.2, 0.1, 0.05, 0.01])
+    # a-b-c one component: a-c (0.40) is raised; x-q (0.85) stays; a-d (0.30) stays
+    moved = propagate(pairs, probs, high=0.95, low=0.02)
+    assert moved[1] == 0.95 and moved[5] == 0.85
+    pairs = pd.concat([pairs, pd.DataFrame({"audio_1": ["e"], "audio_2": ["f"]})])
+    probs = np.append(probs, 0.86)  # e-f: uncertain, a lone pair, stays
+    moved = propagate(pairs, probs, high=0.95, low=0.02)
+    labels = relabel(moved, probs, 4 / 11)  # 4 slots: three sure pairs and a-c
+    assert labels.tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    tied = propagate(pairs, np.where(np.arange(11) == 5, 0.5, probs), high=0.95, low=0.02)
+    assert tied[1] == 0.95  # ties with a sure pair at exactly 0.95 go to the sure pair first
+    reordered = relabel(np.array([0.9, 0.9, 0.9]), np.array([0.4, 0.85, 0.9]), 0.34)
+    assert reordered.tolist() == [0, 0, 1]
+
+
+def test_shares_are_placed_on_each_graph() -> None:
+    """The same share raises the same pairs of a graph whatever its probabilities' scale."""
+    pairs = pd.DataFrame({"audio_1": list("aabd"), "audio_2": list("bcce")})
+    probs = np.array([0.9, 0.5, 0.8, 0.1])
+    scaled = 0.5 * probs + 0.4
+    out, out_scaled = (
+        propagate_shares(pairs, probs, 0.5, 0.25),
+        propagate_shares(pairs, scaled, 0.5, 0.25),
+    )
+    assert (out > probs).tolist() == (out_scaled > scaled).tolist() == [False, True, False, False]
 
 
 @pytest.mark.parametrize("n", [40, 160])
@@ -201,3 +251,96 @@ def test_a_self_pair_is_its_own_nearest_neighbour() -> None:
     assert np.isfinite(features.to_numpy()).all()
     assert features.loc[0, "log_rank_max"] == 0.0 and features.loc[0, "same_cluster_0"] == 1.0
     assert features.loc[0, "tree_sim"] == 1.0 - 0.4 and features.loc[0, "profile_corr"] == 1.0
+
+
+def test_a_fold_s_labels_never_reach_its_own_oof_predictions(tmp_path) -> None:
+    """At the level of the cross-fitted stack: permuting fold 0's OOF labels leaves fold 0's
+    OOF predictions unchanged, with every graph-feature group (the graph stacker), without them
+    (the bundle's stacker), and each group's features themselves; other folds' change."""
+    from src.stacking.inputs import align_experiments, load_experiment
+    from src.stacking.stack import GRAPH_GROUPS, graph_group_columns, load_graph_views, run_stack
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    cfg, _ = write_graph_inputs(tmp_path, trials_per_fold=300, n_test_pairs=200)
+    directory = cfg.paths.outputs / "cnn"
+    before = run_stack(cfg, [directory], tmp_path / "before")
+    views_before, _ = load_graph_views(align_experiments([load_experiment(directory)]), [directory])
+    path = directory / "oof_scores.csv"
+    table = pd.read_csv(path)
+    in_fold0 = (table["fold"] == 0).to_numpy()
+    table.loc[in_fold0, "label"] = np.random.default_rng(0).permutation(table["label"][in_fold0])
+    table.to_csv(path, index=False)
+    after = run_stack(cfg, [directory], tmp_path / "after")
+    views_after, _ = load_graph_views(align_experiments([load_experiment(directory)]), [directory])
+    assert before.metrics["graph_guard"]["dropped_groups"] == []  # every group was stacked
+    for column in ("prob", "prob_without_graph", "prob_bundle"):
+        np.testing.assert_array_equal(before.oof[column][in_fold0], after.oof[column][in_fold0])
+        assert not np.array_equal(before.oof[column][~in_fold0], after.oof[column][~in_fold0])
+    oof_before, oof_after = views_before["cnn"][0], views_after["cnn"][0]
+    for group in GRAPH_GROUPS:
+        columns = graph_group_columns(oof_before.columns, group)
+        assert columns, group
+        pd.testing.assert_frame_equal(oof_before[columns], oof_after[columns])
+
+
+def test_the_graph_guard_warns_and_leaves_out_a_shifted_group(tmp_path, caplog) -> None:
+    """A group whose test features sit far from its OOF ones is named in the log, left out of
+    the graph stacker and reported; unequal fold graphs are a size warning."""
+    from src.report.report import graph_markdown
+    from src.stacking.graph import GraphSize
+    from src.stacking.inputs import align_experiments, load_experiment
+    from src.stacking.stack import (
+        graph_group_columns,
+        graph_guard,
+        load_graph_views,
+        without_groups,
+    )
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    cfg, _ = write_graph_inputs(tmp_path, trials_per_fold=200, n_test_pairs=200)
+    directory = cfg.paths.outputs / "cnn"
+    experiments = align_experiments([load_experiment(directory)])
+    views, sizes = load_graph_views(experiments, [directory])
+    assert sizes[0] == GraphSize(held_out=120, test=144)
+    oof, tests = views["cnn"]
+    shifted = graph_group_columns(oof.columns, "paths")
+    tests = {f: t.assign(**{c: t[c] + 10.0 for c in shifted}) for f, t in tests.items()}
+    views = {"cnn": (oof, tests)}
+    sizes = {**sizes, 0: GraphSize(held_out=120, test=1440)}
+    with caplog.at_level("WARNING"):
+        guard = graph_guard(views, sizes, experiments[0], cfg)
+    assert guard.dropped == ["paths"] and guard.aucs["paths"] > 0.9
+    assert guard.size_ratio > 1.5
+    assert "'paths'" in caplog.text and "left out of the graph stacker" in caplog.text
+    assert "differ in size" in caplog.text
+    kept = without_groups(views, guard.dropped)["cnn"]
+    assert not set(shifted) & set(kept[0].columns) and kept[0].columns.equals(kept[1][0].columns)
+    changes = {
+        "eer_with": 0.1,
+        "eer_without": 0.1,
+        "accuracy_with": 0.9,
+        "accuracy_without": 0.9,
+        "by": {"shorter_clip": pd.DataFrame({"a": [1]}), "gender_pair": pd.DataFrame({"a": [1]})},
+        "adversarial": guard.aucs,
+        "guard": guard.to_json(),
+    }
+    assert "left out of the graph stacker" in "\n".join(graph_markdown(changes))
+
+
+@pytest.mark.parametrize("factor", [1, 4])
+def test_a_grown_test_graph_does_not_cost_accuracy(tmp_path, factor: int) -> None:
+    """The same test pairs, the test graph grown with unpaired clips of unseen speakers: the
+    graph stack stays at least as accurate as the stack without graph features."""
+    from src.stacking.stack import run_stack
+    from src.stacking.submit import balanced_labels
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    options = dict(noise=1.6, clips_per_speaker=8, trials_per_fold=500, n_test_pairs=400)
+    cfg, key = write_graph_inputs(tmp_path, extra_test_clips=(factor - 1) * 192, **options)
+    result = run_stack(cfg, [cfg.paths.outputs / "cnn"], tmp_path / "stack")
+    with_graph, without = (
+        float((balanced_labels(result.test[c].to_numpy(), 0.5)[0] == key).mean())
+        for c in ("prob", "prob_without_graph")
+    )
+    assert result.metrics["graph_guard"]["graph_clips"]["fold0"]["test"] == 192 * factor
+    assert with_graph >= without, (with_graph, without)

@@ -271,6 +271,7 @@ def graph_changes(cfg: ExperimentConfig, manifest: pd.DataFrame) -> dict | None:
         "accuracy_without": float((without == labels).mean()),
         "by": by,
         "adversarial": metrics.get("graph_adversarial_auc", {}),
+        "guard": metrics.get("graph_guard"),
     }
 
 
@@ -291,6 +292,21 @@ def graph_markdown(changes: dict) -> list[str]:
     if changes["adversarial"]:
         aucs = ", ".join(f"{g} {a:.3f}" for g, a in changes["adversarial"].items())
         lines += ["", f"Adversarial AUC (OOF trials vs test pairs) per feature group: {aucs}."]
+    guard = changes.get("guard")
+    if guard:
+        clips = guard["graph_clips"]
+        sizes = ", ".join(f"{k} {v['held_out']} + {v['test']}" for k, v in clips.items())
+        lines += [
+            "",
+            f"Graph guard: one graph per fold holds its held-out and the test clips ({sizes}); "
+            f"size ratio between a stacker's test graph and its training graphs "
+            f"{guard['size_ratio']:.2f}.",
+        ]
+        if guard["warnings"]:
+            lines += ["", "**Graph guard warnings:**", ""]
+            lines += [f"- {line}" for line in guard["warnings"]]
+        else:
+            lines += ["", "No graph-guard warning: every graph-feature group was stacked."]
     return lines
 
 

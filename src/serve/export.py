@@ -8,12 +8,13 @@
   does not have (the stack stage fits it beside the graph stacker and writes its OOF and test
   probabilities as ``prob_bundle``);
 - the threshold of ``submit.policy`` on that stacker's probabilities, the OOF figures it was
-  measured at, package versions, and the sha256 of every file (``manifest.json``);
+  measured at, package versions, and the sha256 of every file (``manifest.json``), with the
+  fingerprint of everything its answers depend on (:func:`bundle_fingerprint`);
 - with ``export.onnx``, each trained CNN fold model after its front-end as ONNX, checked against
   torch (the largest difference is in the manifest).
 
-The bundle is built in a staging folder and moved into place whole; an unchanged stack and
-unchanged fold models reuse the existing bundle.
+The bundle is built in a staging folder and moved into place whole; unchanged sources, config
+and threshold reuse the existing bundle.
 """
 
 from __future__ import annotations
@@ -65,9 +66,7 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     runs = sorted({name for group in stacker["groups"] for name in group["experiments"]})
     configs = {name: run_config(cfg, name) for name in runs}
     sources = source_files(cfg, configs)
-    stamp = fingerprint(
-        FORMAT_VERSION, cfg.export.model_dump(mode="json"), files_fingerprint(sources)
-    )
+    stamp = bundle_fingerprint(cfg, sources)
     out = cfg.bundle_dir
     if not force and bundle_stamp(out) == stamp:
         log.info("export: unchanged, reusing %s", out)
@@ -93,6 +92,19 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         time.perf_counter() - started,
     )
     return out
+
+
+def bundle_fingerprint(cfg: ExperimentConfig, sources: list[Path]) -> str:
+    """Everything the bundle's answers depend on: the source files, the resolved config that
+    is packed with it (``submit.policy`` and ``submit.positive_share`` among it: a rerun of a
+    cached stack does not rewrite the stack's own ``config.yaml``) and the threshold itself."""
+    return fingerprint(
+        FORMAT_VERSION,
+        cfg.export.model_dump(mode="json"),
+        config_to_yaml(cfg),
+        decision(cfg)["value"],
+        files_fingerprint(sources),
+    )
 
 
 def read_stacker(stack_dir: Path) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """Trial-graph features: what the other clips of the same scoring context say about a pair.
 
 A Zalo-style test is not independent pairs: its clips recur across pairs and its unseen speakers
-recur across clips. One *graph* is a set of clips embedded by one model: the held-out clips of
-fold k under fold k's model (OOF), or the test clips under fold k's model (fold k's test view),
-so each fold's stacker sees test features made exactly as its OOF features were. No label of a
-graph's clips is read; the only labels used are other folds' OOF labels, to place the cluster
-cut heights (:func:`cut_thresholds`).
+recur across clips. One *graph* is a set of clips embedded by one model. Fold k has one graph
+(:func:`fold_graph`): fold k's held-out clips and the test clips, both under fold k's model.
+Fold k's OOF trials and fold k's test view of the test pairs are read from that same graph, so
+each fold's stacker is trained on features of graphs of the size and make-up of the graph it
+predicts test pairs from, whatever the test set's size (a test graph grown with unpaired clips
+grows every fold's graph alike). Test speakers are disjoint from every fold's training speakers.
+No label is read, of any clip: the cluster cut heights are shares of the graph's own most
+similar clip pairs (:func:`cut_heights`). The fold's graph reads the test clips, unlabelled, as
+the test view always did; a frozen (fold-independent) model's fold graph is defined the same way.
 
 Per pair ``(a, b)`` of a graph of ``n`` clips with cosine similarities ``S``, symmetric in a, b:
 
@@ -15,7 +19,8 @@ Per pair ``(a, b)`` of a graph of ``n`` clips with cosine similarities ``S``, sy
   (the graph as its own cohort), and each clip's hubness (how often it is another's neighbour);
 - paths: the best two-hop link ``max_c min(S[a,c], S[c,b])``;
 - clusters: average-linkage clustering of the graph: same-cluster flags at a few cosine cut
-  heights, and the similarity at which a and b first share a cluster (``tree_sim``);
+  heights (label-free, :func:`cut_heights`), and the similarity at which a and b first share
+  a cluster (``tree_sim``);
 - second order: the correlation of a's and b's similarities to every other clip
   (``profile_corr``), and the mean similarity between a with its nearest neighbours and b with
   theirs (``expanded_sim``, query expansion).
@@ -31,7 +36,6 @@ Example
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,8 +45,6 @@ import pandas as pd
 from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from threadpoolctl import threadpool_limits
 
-from src.inference.metrics import error_curves
-
 CHUNK = 4096  # pairs per block of the second-order features (memory ~ CHUNK * dims)
 PATH_BLOCK = 128  # pairs per block of two-hop paths: 2 x 128 rows of a 2,789-clip graph, 3 MB
 RANK_CAP = 64  # neighbour ranks are counted up to here (a rank beyond reads as RANK_CAP + 1)
@@ -50,7 +52,11 @@ RANK_CAP = 64  # neighbour ranks are counted up to here (a rank beyond reads as 
 
 @dataclass(frozen=True)
 class GraphSettings:
-    """Neighbourhood sizes and cluster cut thresholds (cosine similarities) of one graph."""
+    """Neighbourhood sizes and cluster cut thresholds (cosine similarities) of one graph.
+
+    ``cuts``: fixed cut heights. :func:`graph_features` with none gives ``tree_sim`` alone;
+    the stack (:func:`graph_feature_views`) passes none and cuts each fold graph at its own
+    label-free :func:`cut_heights`."""
 
     k: tuple[int, ...] = (1, 3, 5, 10)
     cohort_k: int = 10
@@ -303,29 +309,50 @@ def neighbourhood_features(
     return pd.DataFrame(out)
 
 
-def cut_thresholds(scores: np.ndarray, labels: np.ndarray) -> tuple[float, ...]:
-    """Cluster cut heights from labelled trials of other folds: the cosine thresholds at a 5 %
-    false-accept rate, at the EER, and at a 5 % false-reject rate (strict to loose)."""
-    thresholds, far, frr = error_curves(scores, labels)
-    finite = np.isfinite(thresholds)
-    thresholds, far, frr = thresholds[finite], far[finite], frr[finite]
-    strict = thresholds[np.flatnonzero(far <= 0.05)[-1]] if (far <= 0.05).any() else thresholds[0]
-    eer = thresholds[int(np.argmin(np.abs(far - frr)))]
-    loose = thresholds[np.flatnonzero(frr <= 0.05)[0]] if (frr <= 0.05).any() else thresholds[-1]
-    return float(strict), float(eer), float(loose)
+CUT_SHARES = (0.005, 0.02, 0.08)  # cut heights: similarity of the graph's top 0.5/2/8 % pairs
+CUT_SAMPLE = 200_000  # clip pairs drawn (fixed seed) to place them
 
 
-def _digest(vectors: np.ndarray) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).digest()
+def cut_heights(sims: np.ndarray, shares: tuple[float, ...] = CUT_SHARES) -> tuple[float, ...]:
+    """Cluster cut heights read from the graph itself, strict to loose: the cosine similarity
+    above which the ``shares`` most similar of its clip pairs lie. No label is read.
+
+    A pair sample with a fixed seed (``CUT_SAMPLE`` pairs of distinct clips; every pair when
+    the graph has fewer) keeps this O(1) in the graph's size. Heights as shares of the graph's
+    own pairs follow the similarity scale of the model (fused or not) and of the graph; the
+    OOF and test pairs of a fold read the same heights, as they share one graph.
+    """
+    n = sims.shape[0]
+    if n < 3:
+        return tuple(0.0 for _ in shares)
+    total = n * (n - 1) // 2
+    if total <= CUT_SAMPLE:
+        upper = np.triu_indices(n, 1)
+        values = sims[upper]
+    else:
+        rng = np.random.default_rng(0)
+        a = rng.integers(0, n, CUT_SAMPLE)
+        b = (a + rng.integers(1, n, CUT_SAMPLE)) % n  # never a itself
+        values = sims[a, b]
+    return tuple(float(np.quantile(values, 1.0 - share)) for share in shares)
 
 
-def _graph_of(emb: dict[str, np.ndarray], role: str, by_name: bool) -> tuple[np.ndarray, dict]:
-    """Vectors of one role's clips and ``key -> row`` (ids, or file names for test clips)."""
-    rows = np.flatnonzero(emb["role"] == role)
-    keys = emb["ids"][rows]
-    if by_name:
-        keys = np.array([k.rsplit("/", 1)[-1] for k in keys])
-    return emb["vectors"][rows], {k: i for i, k in enumerate(keys.tolist())}
+def fold_graph(emb: dict[str, np.ndarray]) -> tuple[np.ndarray, dict, dict]:
+    """Fold ``k``'s graph from its ``embeddings.npz``: its held-out (``oof``) clips and the
+    test clips, both under fold ``k``'s model, as one set of vectors.
+
+    Returns the vectors (held-out rows first), ``id -> row`` of the held-out clips and
+    ``file name -> row`` of the test clips. For a frozen (fold-independent) model the vectors
+    of a clip are the same in every fold; its fold ``k`` graph is still fold ``k``'s held-out
+    clips and the test clips, so its OOF and test pairs share a graph as a trained model's do.
+    """
+    held_out = np.flatnonzero(emb["role"] == "oof")
+    tests = np.flatnonzero(emb["role"] == "test")
+    names = [k.rsplit("/", 1)[-1] for k in emb["ids"][tests].tolist()]
+    oof_index = {k: i for i, k in enumerate(emb["ids"][held_out].tolist())}
+    test_index = {k: held_out.size + i for i, k in enumerate(names)}
+    vectors = np.concatenate([emb["vectors"][held_out], emb["vectors"][tests]])
+    return vectors, oof_index, test_index
 
 
 def _pair_rows(pairs: pd.DataFrame, index: dict, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -342,7 +369,8 @@ def _pair_rows(pairs: pd.DataFrame, index: dict, what: str) -> tuple[np.ndarray,
 
 @dataclass(frozen=True)
 class _GraphJob:
-    """One distinct graph: its clips' vectors (one set per fused model) and the pairs asked."""
+    """One fold's graph: its clips' vectors (one set per fused model) and the pairs asked (the
+    fold's OOF trials first, then the test pairs)."""
 
     sets: list[np.ndarray]
     left: np.ndarray
@@ -350,25 +378,25 @@ class _GraphJob:
 
 
 @dataclass(frozen=True)
-class _GraphResult:
-    """What a graph gives before any fold's cut heights are known."""
+class GraphSize:
+    """Clips of one fold's graph: held-out (OOF) and test."""
 
-    base: pd.DataFrame  # neighbourhood, local normalisation, paths, second order
-    pair_sims: np.ndarray  # each pair's similarity in the graph
-    tree: np.ndarray  # average-linkage tree
-    tree_sim: np.ndarray  # each pair's merge similarity in the tree
+    held_out: int
+    test: int
 
 
-def _solve_graph(job: _GraphJob, settings: GraphSettings) -> _GraphResult:
-    """Every cut-independent feature of one graph; its similarity matrix is dropped after."""
+def _solve_graph(job: _GraphJob, settings: GraphSettings) -> pd.DataFrame:
+    """Every feature of one graph's pairs; its similarity matrix is dropped after."""
     sims = graph_similarity(job.sets)
     base = neighbourhood_features(sims, job.left, job.right, settings, graph_vectors(job.sets))
+    cuts = settings.cuts or cut_heights(sims)
     tree = cluster_tree(sims)
     tree_sim = tree_similarity(tree, sims.shape[0], job.left, job.right)
-    return _GraphResult(base, sims[job.left, job.right], tree, tree_sim)
+    clusters = cut_features(tree, tree_sim, job.left, job.right, cuts)
+    return pd.concat([base, clusters], axis=1)
 
 
-def _solve_graphs(jobs: list[_GraphJob], settings: GraphSettings) -> list[_GraphResult]:
+def _solve_graphs(jobs: list[_GraphJob], settings: GraphSettings) -> list[pd.DataFrame]:
     """:func:`_solve_graph` of each graph, one thread per core (numpy frees the GIL), BLAS
     single-threaded inside each: two levels of threads on few cores get in each other's way.
     (scipy's linkage holds the GIL; building the trees in forked processes instead measured no
@@ -384,59 +412,58 @@ OofAndTestViews = tuple[pd.DataFrame, dict[int, pd.DataFrame]]  # OOF features, 
 
 @dataclass(frozen=True)
 class _GraphPlan:
-    """Which distinct graph (job key) and which table rows each (fold, role) of a prefix uses."""
+    """One job per fold, the OOF table rows it answers, and its size."""
 
-    jobs: dict[tuple[str, bytes], _GraphJob]
-    where: dict[tuple[int, str], tuple[pd.Index, tuple[str, bytes]]]
+    jobs: dict[int, _GraphJob]
+    oof_rows: dict[int, pd.Index]
+    sizes: dict[int, GraphSize]
 
 
 def _plan_graphs(embeddings: GraphInput, oof: pd.DataFrame, test: pd.DataFrame) -> _GraphPlan:
-    """One job per distinct graph of one prefix: its OOF graph per fold, its test graph per fold
-    (a fold-independent model's test graph is the same job for every fold)."""
-    jobs: dict[tuple[str, bytes], _GraphJob] = {}
-    where: dict[tuple[int, str], tuple[pd.Index, tuple[str, bytes]]] = {}
+    """One graph per fold (:func:`fold_graph`), asked for the fold's OOF trials and every test
+    pair."""
+    jobs, oof_rows, sizes = {}, {}, {}
     for fold in sorted(embeddings):
-        for role, pairs, by_name in (
-            ("oof", oof[oof["fold"] == fold], False),
-            ("test", test, True),
-        ):
-            views = [_graph_of(emb, role, by_name) for emb in embeddings[fold]]
-            index = views[0][1]
-            if any(v[1] != index for v in views[1:]):
-                raise ValueError(f"fold {fold}: the fused experiments embedded other {role} clips")
-            key = (role, b"".join(_digest(v[0]) for v in views))  # same role: same pairs too
-            if key not in jobs:
-                left, right = _pair_rows(pairs, index, f"fold {fold} {role}")
-                jobs[key] = _GraphJob([v[0] for v in views], left, right)
-            where[fold, role] = (pairs.index, key)
-    return _GraphPlan(jobs, where)
+        pairs = oof[oof["fold"] == fold]
+        views = [fold_graph(emb) for emb in embeddings[fold]]
+        _, oof_index, test_index = views[0]
+        if any(v[1] != oof_index or v[2] != test_index for v in views[1:]):
+            raise ValueError(f"fold {fold}: the fused experiments embedded other clips")
+        oof_left, oof_right = _pair_rows(pairs, oof_index, f"fold {fold} OOF")
+        test_left, test_right = _pair_rows(test, test_index, f"fold {fold} test")
+        jobs[fold] = _GraphJob(
+            [v[0] for v in views],
+            np.concatenate([oof_left, test_left]),
+            np.concatenate([oof_right, test_right]),
+        )
+        oof_rows[fold] = pairs.index
+        sizes[fold] = GraphSize(len(oof_index), len(test_index))
+    return _GraphPlan(jobs, oof_rows, sizes)
 
 
 def _assemble(
-    plan: _GraphPlan, solved: dict[tuple[str, bytes], _GraphResult], oof: pd.DataFrame, prefix: str
+    plan: _GraphPlan, solved: dict[int, pd.DataFrame], oof: pd.DataFrame, prefix: str
 ) -> OofAndTestViews:
-    """A prefix's OOF rows and test views from its solved graphs, each fold's trees cut at
-    heights placed on the other folds' labelled trials (on the graphs' own scale)."""
-    folds = sorted({fold for fold, _ in plan.where})
+    """A prefix's OOF rows and test views from its solved fold graphs."""
     oof_parts, test_views = [], {}
-    for fold in folds:
-        others = [f for f in folds if f != fold] or [fold]
-        scores = np.concatenate([solved[plan.where[f, "oof"][1]].pair_sims for f in others])
-        labels = np.concatenate([oof.loc[plan.where[f, "oof"][0], "label"] for f in others])
-        finite = np.isfinite(scores)  # self-pairs have no similarity in the matrix
-        cuts = cut_thresholds(scores[finite], labels[finite])
-        for role in ("oof", "test"):
-            index, key = plan.where[fold, role]
-            graph, job = solved[key], plan.jobs[key]
-            clusters = cut_features(graph.tree, graph.tree_sim, job.left, job.right, cuts)
-            part = pd.concat([graph.base, clusters], axis=1)
-            if role == "oof":
-                part.index = index
-                oof_parts.append(part)
-            else:
-                test_views[fold] = part.add_prefix(f"{prefix}__g_")
+    for fold, features in solved.items():
+        index = plan.oof_rows[fold]
+        part = features.iloc[: index.size].set_axis(index)
+        oof_parts.append(part)
+        test_view = features.iloc[index.size :].reset_index(drop=True)
+        test_views[fold] = test_view.add_prefix(f"{prefix}__g_")
     oof_features = pd.concat(oof_parts).loc[oof.index].add_prefix(f"{prefix}__g_")
     return oof_features.reset_index(drop=True), test_views
+
+
+def graph_sizes(graphs: dict[str, GraphInput]) -> dict[int, GraphSize]:
+    """Clips of each fold's graph (the first prefix's: every prefix embeds the same clips)."""
+    embeddings = next(iter(graphs.values()))
+    out = {}
+    for fold, sets in embeddings.items():
+        roles = sets[0]["role"]
+        out[fold] = GraphSize(int((roles == "oof").sum()), int((roles == "test").sum()))
+    return out
 
 
 def graph_feature_views(
@@ -446,13 +473,18 @@ def graph_feature_views(
     settings: GraphSettings = GraphSettings(),
 ) -> dict[str, OofAndTestViews]:
     """Graph features of several experiments (and fused sets) at once, by feature prefix: the
-    distinct graphs of all of them are computed in one pool, largest first, so no core waits at
+    fold graphs of all of them are computed in one pool, largest first, so no core waits at
     the end of one experiment (see :func:`experiment_graph_features` for each result)."""
     plans = {prefix: _plan_graphs(embeddings, oof, test) for prefix, embeddings in graphs.items()}
-    jobs = {key: job for plan in plans.values() for key, job in plan.jobs.items()}
+    jobs = {(prefix, fold): job for prefix, p in plans.items() for fold, job in p.jobs.items()}
     order = sorted(jobs, key=lambda key: -jobs[key].sets[0].shape[0])
     solved = dict(zip(order, _solve_graphs([jobs[key] for key in order], settings), strict=True))
-    return {prefix: _assemble(plan, solved, oof, prefix) for prefix, plan in plans.items()}
+    return {
+        prefix: _assemble(
+            plan, {fold: solved[prefix, fold] for fold in sorted(plan.jobs)}, oof, prefix
+        )
+        for prefix, plan in plans.items()
+    }
 
 
 def experiment_graph_features(
@@ -463,8 +495,8 @@ def experiment_graph_features(
     settings: GraphSettings = GraphSettings(),
 ) -> OofAndTestViews:
     """Graph features of one experiment (or a fused graph of several): OOF rows (fold k's
-    trials in fold k's OOF graph) and one test view per fold (the test pairs in the test graph
-    of fold k's models).
+    trials) and one test view per fold (the test pairs), both read from fold k's one graph of
+    its held-out and the test clips under fold k's model (:func:`fold_graph`). No label is read.
 
     Parameters
     ----------
@@ -472,8 +504,7 @@ def experiment_graph_features(
         ``fold -> [embeddings.npz content of each experiment's fold model]``; several
         experiments make one fused graph (mean cosine similarity).
     oof
-        OOF trials: fold, audio_1, audio_2, label (labels of other folds place fold k's cut
-        heights, on the graph's own similarity scale).
+        OOF trials: fold, audio_1, audio_2 (ids); a ``label`` column is never read.
     test
         ``test_scores.csv`` pairs (audio_1, audio_2 by file name).
     prefix

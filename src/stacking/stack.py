@@ -14,9 +14,19 @@ Recipe
 5. Several experiments: one stacker over all of them (``stack.average=none``), or one stacker
    per experiment whose predictions are averaged as probabilities or as normalised ranks.
 
-6. The bundle's stacker: the same recipe without trial-graph features (a single served pair has
+6. Trial-graph features (``stack.graph_features``): fold ``f``'s OOF rows and fold ``f``'s
+   test view come from one graph per fold, fold ``f``'s held-out clips and the test clips under
+   fold ``f``'s model (``graph.py``); no graph feature reads a label. The graph guard
+   (:func:`graph_guard`) measures how far OOF and test graph features still differ, warns, and
+   leaves a far-shifted group out of the graph stacker.
+7. The bundle's stacker: the same recipe without trial-graph features (a single served pair has
    no graph; with ``stack.graph_features`` off it is the stacker itself), probabilities averaged.
    Its predictions are the ``prob_bundle`` columns; ``stacker/`` holds its fold models as text.
+
+Labels: the stacker that predicts fold ``f`` is fitted and early-stopped on the other folds'
+OOF labels only, so fold ``f``'s OOF predictions do not depend on fold ``f``'s labels (a test
+permutes them through :func:`run_stack`); test predictions average the K fold stackers. Nothing
+reads the test answer key.
 
 Outputs (``<outputs>/stack/``): ``oof_predictions.csv``, ``test_predictions.csv``,
 ``importances.csv``, ``metrics.json``, ``config.yaml``, ``adversarial.csv``/``.json``,
@@ -49,7 +59,7 @@ from .features import (
     metadata_features,
     pair_gender_features,
 )
-from .graph import OofAndTestViews, graph_feature_views
+from .graph import GraphSize, OofAndTestViews, graph_feature_views, graph_sizes
 from .inputs import (
     ExperimentScores,
     StageInputError,
@@ -304,6 +314,12 @@ GRAPH_GROUPS = {
 }
 
 
+def graph_group_columns(columns: pd.Index | list[str], group: str) -> list[str]:
+    """The graph-feature columns (``<prefix>__g_<name>``) of one group of ``GRAPH_GROUPS``."""
+    stems = GRAPH_GROUPS[group]
+    return [c for c in columns if "__g_" in c and c.split("__g_", 1)[1].startswith(stems)]
+
+
 def graph_group_aucs(
     graphs: GraphViews, reference: ExperimentScores, cfg: ExperimentConfig
 ) -> dict[str, float]:
@@ -311,8 +327,10 @@ def graph_group_aucs(
     oof = pd.concat([v[0] for v in graphs.values()], axis=1)
     test = pd.concat([v[1][reference.folds[0]] for v in graphs.values()], axis=1)
     result = {}
-    for group, stems in GRAPH_GROUPS.items():
-        columns = [c for c in oof.columns if c.split("__g_", 1)[1].startswith(stems)]
+    for group in GRAPH_GROUPS:
+        columns = graph_group_columns(oof.columns, group)
+        if not columns:
+            continue
         _, summary = adversarial_validation(
             oof[columns], test[columns], cfg.stack, cfg.seed, reference.oof, reference.test
         )
@@ -321,9 +339,101 @@ def graph_group_aucs(
     return result
 
 
-def load_graph_views(experiments: list[ExperimentScores], dirs: list[Path]) -> GraphViews:
+# the graph guard: when the graphs the stackers were trained on and the graphs their test
+# views come from still differ much, say so in the log and the report, and act
+GUARD_SIZE_RATIO = 1.5  # warn when a fold's graph and its stacker's training graphs differ more
+GUARD_WARN_AUC = 0.75  # warn about a graph-feature group whose adversarial AUC is above this
+GUARD_DROP_AUC = 0.9  # and leave it out of the graph stacker above this
+
+
+@dataclass
+class GraphGuard:
+    """How alike the OOF and test graphs are, and what the stack did about it.
+
+    ``size_ratio``: the largest ratio, either way, between the clips of the graph a fold's
+    stacker reads test pairs from and the mean clips of the graphs it was trained on (1 when
+    every fold graph holds the same clips; one graph per fold holds the OOF and test pairs).
+    """
+
+    sizes: dict[int, GraphSize]
+    size_ratio: float
+    aucs: dict[str, float]
+    dropped: list[str]
+    warnings: list[str]
+
+    def to_json(self) -> dict:
+        return {
+            "graph_clips": {
+                f"fold{k}": {"held_out": v.held_out, "test": v.test} for k, v in self.sizes.items()
+            },
+            "size_ratio": self.size_ratio,
+            "adversarial_auc": self.aucs,
+            "dropped_groups": self.dropped,
+            "warnings": self.warnings,
+        }
+
+
+def graph_size_ratio(sizes: dict[int, GraphSize]) -> float:
+    """See :class:`GraphGuard` (``size_ratio``)."""
+    clips = {k: v.held_out + v.test for k, v in sizes.items()}
+    ratios = [1.0]
+    for fold, n in clips.items():
+        others = [m for k, m in clips.items() if k != fold] or [n]
+        ratio = n / max(float(np.mean(others)), 1.0)
+        ratios.append(max(ratio, 1.0 / max(ratio, 1e-12)))
+    return float(max(ratios))
+
+
+def graph_guard(
+    graphs: GraphViews,
+    sizes: dict[int, GraphSize],
+    reference: ExperimentScores,
+    cfg: ExperimentConfig,
+) -> GraphGuard:
+    """Measure how far apart OOF and test graph features are (:class:`GraphGuard`); groups
+    above ``GUARD_DROP_AUC`` are named in ``dropped`` (the caller leaves them out)."""
+    ratio = graph_size_ratio(sizes)
+    aucs = graph_group_aucs(graphs, reference, cfg)
+    warnings, dropped = [], []
+    if ratio > GUARD_SIZE_RATIO:
+        warnings.append(
+            f"fold graphs differ in size by a factor {ratio:.2f} (> {GUARD_SIZE_RATIO}): "
+            "kept; each fold's stacker reads test pairs from a graph unlike its training ones"
+        )
+    for group, auc in aucs.items():
+        if auc > GUARD_DROP_AUC:
+            dropped.append(group)
+            warnings.append(
+                f"graph group {group!r}: adversarial AUC {auc:.3f} > {GUARD_DROP_AUC}: "
+                "left out of the graph stacker"
+            )
+        elif auc > GUARD_WARN_AUC:
+            warnings.append(
+                f"graph group {group!r}: adversarial AUC {auc:.3f} > {GUARD_WARN_AUC}: kept "
+                f"(left out above {GUARD_DROP_AUC})"
+            )
+    for line in warnings:
+        log.warning("graph guard: %s", line)
+    return GraphGuard(sizes, ratio, aucs, dropped, warnings)
+
+
+def without_groups(graphs: GraphViews, groups: list[str]) -> GraphViews:
+    """``graphs`` without the columns of the named ``GRAPH_GROUPS``."""
+    if not groups:
+        return graphs
+    out = {}
+    for prefix, (oof, tests) in graphs.items():
+        drop = [c for g in groups for c in graph_group_columns(oof.columns, g)]
+        out[prefix] = (oof.drop(columns=drop), {f: t.drop(columns=drop) for f, t in tests.items()})
+    return out
+
+
+def load_graph_views(
+    experiments: list[ExperimentScores], dirs: list[Path]
+) -> tuple[GraphViews, dict[int, GraphSize]]:
     """Trial-graph features of every experiment, and of their fused graph when several:
-    OOF rows and one test view per fold model."""
+    OOF rows and one test view per fold model, both from the fold's one graph; and the clips
+    of each fold's graph."""
     embeddings: dict[str, dict[int, dict]] = {}
     for experiment, directory in zip(experiments, dirs, strict=True):
         embeddings[experiment.name] = {}
@@ -341,7 +451,7 @@ def load_graph_views(experiments: list[ExperimentScores], dirs: list[Path]) -> G
     log.info(
         "graph features: %s in %.1f s", plural(len(views), "graph"), time.perf_counter() - started
     )
-    return views
+    return views, graph_sizes(inputs)
 
 
 FUSED = "fused"
@@ -452,7 +562,11 @@ def run_stack(
 
     groups = [experiments] if cfg.stack.average == "none" else [[e] for e in experiments]
     used_meta = meta if cfg.stack.use_metadata else None
-    graphs = load_graph_views(experiments, experiment_dirs) if cfg.stack.graph_features else None
+    graphs, guard = None, None
+    if cfg.stack.graph_features:
+        graphs, sizes = load_graph_views(experiments, experiment_dirs)
+        guard = graph_guard(graphs, sizes, experiments[0], cfg)
+        graphs = without_groups(graphs, guard.dropped)
     fits = {"+".join(e.name for e in g): _stack_group(g, used_meta, cfg, graphs) for g in groups}
     how = cfg.stack.average
     reference = experiments[0]
@@ -473,7 +587,8 @@ def run_stack(
         oof["prob_without_graph"] = combine([f.oof for f in bundle.values()], how)
         test["prob_without_graph"] = combine([f.test for f in bundle.values()], how)
         metrics["without_graph"] = summarise(oof["prob_without_graph"].to_numpy(), labels)
-        metrics["graph_adversarial_auc"] = graph_group_aucs(graphs, reference, cfg)
+        metrics["graph_adversarial_auc"] = guard.aucs
+        metrics["graph_guard"] = guard.to_json()
     # the stacker an exported bundle serves: no trial-graph features (a single pair has no
     # graph), probabilities averaged (a rank needs the whole test set)
     bundle_how = "probability" if how == "rank" else how
@@ -540,8 +655,9 @@ def bundle_stacker_files(
 
 # part of the stage's fingerprint: bump it when the features or the models change what the
 # stack computes from the same inputs and config, so a rerun after an upgrade redoes the stage
-# (2: second-order and tree-similarity graph features, capped ranks, clipped logistic model)
-STACK_VERSION = 2
+# (2: second-order and tree-similarity graph features, capped ranks, clipped logistic model;
+# 3: one graph per fold for OOF and test pairs, label-free cut heights, the graph guard)
+STACK_VERSION = 3
 STACK_INPUTS = ("oof_scores.csv", "test_scores.csv", "gender_oof.csv", "gender_test.csv")
 STACK_OUTPUTS = (
     "oof_predictions.csv",

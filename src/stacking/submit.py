@@ -58,8 +58,12 @@ class ScoreSource:
     oof: pd.DataFrame | None = None  # the OOF table read (the stack's: fold and trial ids too)
 
 
-def balanced_labels(scores: np.ndarray, positive_share: float) -> tuple[np.ndarray, float]:
-    """Label the top ``round(positive_share * n)`` scores 1; ties go to the earlier row.
+def balanced_labels(
+    scores: np.ndarray, positive_share: float, tiebreak: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
+    """Label the top ``round(positive_share * n)`` scores 1; ties go to the higher
+    ``tiebreak`` value when given (transitive consistency: the probability before it moved a
+    pair), then to the earlier row.
 
     Returns the labels and the lowest accepted score (the effective threshold).
     """
@@ -69,7 +73,10 @@ def balanced_labels(scores: np.ndarray, positive_share: float) -> tuple[np.ndarr
     if scores.size == 0 or not np.isfinite(scores).all():
         raise ValueError("balanced labels need finite scores")
     n_positive = round(positive_share * scores.size)
-    order = np.argsort(-scores, kind="stable")  # stable: equal scores keep row order
+    if tiebreak is None:
+        order = np.argsort(-scores, kind="stable")  # stable: equal scores keep row order
+    else:  # lexsort is stable too; its last key sorts first
+        order = np.lexsort((-np.asarray(tiebreak, dtype=np.float64), -scores))
     labels = np.zeros(scores.size, dtype=np.int64)
     labels[order[:n_positive]] = 1
     threshold = float(scores[order[n_positive - 1]]) if n_positive else float("inf")
@@ -91,10 +98,12 @@ def apply_policy(
     oof_scores: np.ndarray,
     oof_labels: np.ndarray,
     positive_share: float = 0.5,
+    tiebreak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """0/1 labels for ``scores`` under ``policy`` and the threshold used."""
+    """0/1 labels for ``scores`` under ``policy`` and the threshold used (``tiebreak``: see
+    :func:`balanced_labels`; a fixed threshold needs none)."""
     if policy == "balanced":
-        return balanced_labels(scores, positive_share)
+        return balanced_labels(scores, positive_share, tiebreak)
     if policy not in POLICIES:
         raise ValueError(f"unknown threshold policy {policy!r}; choose one of {POLICIES}")
     threshold = oof_threshold(policy, oof_scores, oof_labels)
@@ -186,8 +195,11 @@ def apply_transitive(
     cfg: ExperimentConfig, table: pd.DataFrame, expected: pd.DataFrame, oof: pd.DataFrame
 ) -> pd.DataFrame:
     """Relabel with transitive consistency when OOF says it helps (or when forced ``on``);
-    ``oof`` is the stack's ``oof_predictions.csv``."""
-    from .transitive import choose_thresholds, decide, propagate
+    ``oof`` is the stack's ``oof_predictions.csv``. The shares of confident pairs are chosen on
+    OOF folds (their labels) and placed on the test graph's own probabilities
+    (:mod:`src.stacking.transitive`); moved pairs keep their order (ties: the probability
+    before)."""
+    from .transitive import choose_shares, decide, propagate, share_thresholds
 
     needed = ["fold", *PAIR_KEYS, "label", "prob"]
     if not set(needed) <= set(oof.columns):
@@ -197,8 +209,8 @@ def apply_transitive(
         return table
     share = cfg.submit.positive_share
     probs = oof["prob"].to_numpy()
-    choice = (decide if cfg.submit.transitive == "auto" else choose_thresholds)(oof, probs, share)
-    if choice.high is None:
+    choice = (decide if cfg.submit.transitive == "auto" else choose_shares)(oof, probs, share)
+    if choice.high_share is None:
         log.info(
             "transitive consistency off: no gain on OOF trials (accuracy %.4f%s)",
             choice.oof_accuracy_before,
@@ -207,19 +219,24 @@ def apply_transitive(
             else f", nested {choice.oof_accuracy_nested:.4f}",
         )
         return table
-    adjusted = propagate(table, table["score"].to_numpy(), choice.high, choice.low)
+    before = table["score"].to_numpy()
+    high, low = share_thresholds(before, choice.high_share, choice.low_share)
+    adjusted = propagate(table, before, high, low)
     out = table.assign(score_before_transitive=table["score"], score=adjusted)
     labels, _ = apply_policy(
-        cfg.submit.policy, adjusted, oof["prob"].to_numpy(), oof["label"].to_numpy(), share
+        cfg.submit.policy, adjusted, probs, oof["label"].to_numpy(), share, tiebreak=before
     )
     out["transitive_flipped"] = (labels != out["label"]).astype(np.int64)
     out["label"] = labels
     check_submission(out, expected)
     log.info(
-        "transitive consistency (high %.2f, low %.2f; OOF accuracy %.4f -> %.4f, nested %s): "
+        "transitive consistency (top %.0f %% / bottom %.0f %% of test pairs confident: "
+        "probabilities >= %.3f / <= %.3f; OOF accuracy %.4f -> %.4f, nested %s): "
         "%d of %d test labels changed",
-        choice.high,
-        choice.low,
+        100 * choice.high_share,
+        100 * choice.low_share,
+        high,
+        low,
         choice.oof_accuracy_before,
         choice.oof_accuracy_after,
         choice.oof_accuracy_nested,
