@@ -143,18 +143,28 @@ class AugmentConfig(Section):
 
 
 class ModelConfig(Section):
-    architecture: Literal["timm", "wespeaker_resnet34", "wespeaker_resnet18", "ge2e"] = Field(
+    architecture: Literal[
+        "timm", "wespeaker_resnet34", "wespeaker_resnet18", "ge2e", "campplus"
+    ] = Field(
         "timm",
         description="timm CNN on the features front-end; WeSpeaker's ResNet (its module and "
-        "parameter names, on features.frontend); or the GE2E LSTM with its own front-end",
+        "parameter names, on features.frontend); the GE2E LSTM with its own front-end; or "
+        "3D-Speaker's CAM++ (its names; on features.frontend=kaldi_fbank)",
     )
     weights: Path | None = Field(
         None,
         description="state dict in the architecture's upstream layout (e.g. WeSpeaker "
-        "avg_model.pt), loaded strictly before training or embedding; nothing downloads",
+        "avg_model.pt, a 3D-Speaker CAM++ .pt), loaded strictly before training or embedding; "
+        "nothing downloads",
     )
     weights_sha256: str | None = Field(None, description="expected sha256 of model.weights")
     wespeaker_channels: int = Field(32, gt=0, description="WeSpeaker ResNet m_channels")
+    repeat_pad_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="wespeaker_resnet*/campplus: an input shorter than this is repeated end to "
+        "end up to this length before the front-end (short clips); 0 = off",
+    )
     backbone: str = "resnet18"
     pretrained: bool = False
     stem: Literal["timm", "speaker"] = "speaker"
@@ -230,6 +240,11 @@ class TrainConfig(Section):
     )
     freeze_epochs: float = Field(
         0.0, ge=0, description="epochs with the pretrained layers frozen (heads only) at first"
+    )
+    frozen_layers: list[str] = Field(
+        [],
+        description="embedder parameter-name prefixes (e.g. encoder.head) kept frozen for the "
+        "whole training, weights and batch-norm statistics: pretrained layers only",
     )
     large_margin: LargeMarginConfig = LargeMarginConfig()
     allow_seen_speakers: bool = Field(
