@@ -224,3 +224,50 @@ def test_onnx_export_matches_torch_and_survives_one_frame(tmp_path: Path) -> Non
             expected = model.embed_features(features).numpy()
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, expected, atol=1e-3, rtol=1e-3)
+
+
+def test_frozen_campplus_flows_through_scoring_and_serving_in_torch_and_onnx(
+    tmp_path: Path,
+) -> None:
+    """A frozen CAM++ first level gives the usual score files; the bundle carries its weights
+    and one ONNX model for all folds, and both runtimes give the same answer."""
+    import pandas as pd
+
+    from src.inference.embed import embed_stage
+    from src.inference.score import score_stage
+    from src.serve.ensemble import BundleModel
+    from tests.conftest import prepare_tiny
+    from tests.fixtures.bundle import bundle_of
+
+    weights = small_checkpoint(tmp_path, embed_dim=32)
+    cfg = prepare_tiny(
+        tmp_path,
+        "extractor.kind=pretrained",
+        "model.architecture=campplus",
+        f"model.weights={weights}",
+        "model.embedding_dim=32",
+        "model.repeat_pad_seconds=0.5",
+        "features.frontend=kaldi_fbank",
+        "features.n_mels=80",
+        "features.kaldi.window=povey",
+        "features.kaldi.scale=1.0",
+        "score.asnorm_top_k=3",
+        "export.onnx=true",
+    )
+    for fold in range(cfg.folds.n_folds):
+        embed_stage(cfg, fold)
+    score_stage(cfg)
+    oof = pd.read_csv(cfg.experiment_dir / "oof_scores.csv")
+    assert oof["asnorm"].notna().all()
+    served = bundle_of(cfg)
+    weights.unlink()  # the bundle holds its own copy
+    info = served.manifest["experiments"][cfg.run_name]
+    assert info["onnx_shared"] and info["onnx_folds"] == [0, 1]
+    assert info["onnx_max_abs_diff"] < 1e-3
+    answers = {}
+    for runtime in ("torch", "onnx"):
+        model = BundleModel.load(served.root, runtime=runtime)
+        answers[runtime] = model.answer_waves(speech_like(0.3, seed=1), speech_like(1.2, seed=2))
+    key = f"{cfg.run_name}__cosine"
+    assert np.isfinite(answers["onnx"][key])
+    assert abs(answers["onnx"][key] - answers["torch"][key]) < 1e-4
