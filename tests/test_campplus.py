@@ -271,3 +271,39 @@ def test_frozen_campplus_flows_through_scoring_and_serving_in_torch_and_onnx(
     key = f"{cfg.run_name}__cosine"
     assert np.isfinite(answers["onnx"][key])
     assert abs(answers["onnx"][key] - answers["torch"][key]) < 1e-4
+
+
+def test_fine_tuning_keeps_frozen_layers_and_moves_the_rest(tmp_path: Path) -> None:
+    """A fold fine-tuned from CAM++ weights with train.frozen_layers: those layers (weights and
+    batch-norm statistics) are exactly the checkpoint's, the others learnt."""
+    from src.training.checkpoint import load_checkpoint
+    from src.training.train import train_stage
+    from tests.conftest import prepare_tiny
+
+    weights = small_checkpoint(tmp_path, embed_dim=32)
+    cfg = prepare_tiny(
+        tmp_path,
+        "model.architecture=campplus",
+        f"model.weights={weights}",
+        "model.embedding_dim=32",
+        "features.frontend=kaldi_fbank",
+        "features.n_mels=80",
+        "features.kaldi.scale=1.0",
+        "features.kaldi.dither=0.0",
+        "train.epochs=1",
+        "train.steps_per_epoch=2",
+        "train.batch_size=4",
+        "train.average_last=1",
+        "train.crop_seconds=[0.5,0.6]",
+        "train.pretrained_lr_scale=0.5",
+        "train.frozen_layers=[encoder.head,encoder.xvector.block1]",
+    )
+    best = load_checkpoint(train_stage(cfg, 0))["model"]
+    start = torch.load(weights, weights_only=True)
+    for name, value in start.items():
+        frozen = name.startswith(("head.", "xvector.block1."))
+        if "num_batches" not in name:
+            assert torch.equal(best[f"encoder.{name}"], value) == frozen, name
+    with pytest.raises(ValueError, match="frozen_layers"):
+        train_stage(cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"weights": None})}), 1, force=True)
