@@ -307,3 +307,21 @@ def test_fine_tuning_keeps_frozen_layers_and_moves_the_rest(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="frozen_layers"):
         train_stage(cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"weights": None})}), 1, force=True)
+
+
+def test_zalo_configs_stack_campplus_only_when_its_extra_is_installed(monkeypatch) -> None:
+    from src.training.large_margin import first_level_configs
+
+    for name in ("zalo.yaml", "zalo_cpu.yaml"):
+        cfg = load_config(ROOT / "configs" / name, ["paths.outputs=/tmp/x", "seed=3"])
+        monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: object())
+        runs = first_level_configs(cfg)
+        assert runs[-1].run_name == "campplus" and cfg.stacked_runs[-1] == "campplus"
+        assert runs[-1].paths == cfg.paths and runs[-1].seed == 3
+        assert runs[-1].model.architecture == "campplus" and runs[-1].features.kaldi.scale == 1
+        monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: None)
+        assert "campplus" not in cfg.stacked_runs
+        assert "campplus" not in [r.run_name for r in first_level_configs(cfg)]
+    # choosing companions on the command line changes the stack, not the CNN's folder
+    cfg = load_config(ROOT / "configs/zalo_cpu.yaml", ["companions=[]"])
+    assert cfg.run is None and cfg.variant is not None
