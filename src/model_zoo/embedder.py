@@ -191,7 +191,7 @@ class EncoderEmbedder(nn.Module):
                     f"train.frozen_layers: {prefix!r} names no parameter of this model; e.g. "
                     f"{', '.join(options)}"
                 )
-            for name, module in matched:
+            for _, module in matched:
                 for param in module.parameters(recurse=False):
                     param.requires_grad_(False)
                 self.frozen.append(module)
