@@ -301,7 +301,12 @@ def test_fine_tuning_keeps_frozen_layers_and_moves_the_rest(tmp_path: Path) -> N
         "train.pretrained_lr_scale=0.5",
         "train.frozen_layers=[encoder.head,encoder.xvector.block1]",
     )
-    best = load_checkpoint(train_stage(cfg, 0))["model"]
+    path = train_stage(cfg, 0)
+    best = load_checkpoint(path)["model"]
+    from src.inference.extractors import load_cnn_extractor
+
+    vectors = load_cnn_extractor(path, "cpu", cfg).embed(np.stack([speech_like(0.3, seed=4)]))
+    assert vectors.shape == (1, 32) and np.isfinite(vectors).all()
     start = torch.load(weights, weights_only=True)
     for name, value in start.items():
         frozen = name.startswith(("head.", "xvector.block1."))

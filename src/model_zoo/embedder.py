@@ -223,7 +223,8 @@ def build_embedder(
     ------
     ValueError
         A setting the architecture cannot take (GE2E: 16 kHz and 256-d only; WeSpeaker ResNet:
-        fbank bins a multiple of 8).
+        fbank bins a multiple of 8; CAM++: Kaldi fbank, bins a multiple of 8;
+        ``model.repeat_pad_seconds`` on an architecture other than these two).
     """
     architecture = model_cfg.architecture
     if architecture == "ge2e":
