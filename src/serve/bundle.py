@@ -10,6 +10,7 @@ A bundle is one folder that holds everything the API needs and nothing from ``ou
     experiments/<run>/fold{k}/best.pt          the fold model (weights, config, gender head)
     experiments/<run>/fold{k}/cohort.npy       AS-norm cohort: unit speaker means
     experiments/<run>/fold{k}/model.onnx       with export.onnx: the fold model after its front-end
+    experiments/<run>/model.onnx               with export.onnx: a frozen model, for every fold
     experiments/<run>/files/...                weights an extractor reads (pretrained, onnx kinds)
 
 :func:`verify_bundle` reads the manifest and refuses a damaged bundle (a file missing, changed or

