@@ -4,9 +4,10 @@ Outputs in ``<prep_dir>``:
 
 - ``manifest.csv``: one row per usable file (see ``MANIFEST_COLUMNS``), with ``offset`` and
   ``length`` locating its 16 kHz int16 samples in ``audio.int16``;
-- ``audio.int16``: all decoded clips back to back, each peak-normalised so quiet clips keep their
-  resolution (the original level is in the manifest's ``rms_dbfs`` and ``peak``), read later as a
-  memory map;
+- ``audio.int16``: all decoded clips back to back, each without its DC offset and
+  peak-normalised so quiet clips keep their resolution (the original level is in the manifest's
+  ``rms_dbfs`` and ``peak``, the offset removed in ``dc_offset``, how the channels were mixed in
+  ``downmix``), read later as a memory map;
 - ``bad_files.csv``: every file that was skipped, with the reason;
 - ``test_pairs.csv``: the validated public-test pair list (when the CSV exists).
 """
@@ -25,11 +26,13 @@ import pandas as pd
 
 from src.config import DataConfig, ExperimentConfig
 from src.data.audio import (
+    DECODE_VERSION,
     AudioError,
     clip_facts,
     decode_audio,
     file_md5,
     peak_normalise,
+    silence_reason,
     to_int16,
 )
 from src.data.zalo import (
@@ -53,7 +56,7 @@ FALLBACK_NAME = "fallback_pairs.csv"  # test pairs naming a damaged file: answer
 MANIFEST_COLUMNS = [
     "id", "name", "path", "split", "speaker", "gender", "age", "duration", "sample_rate",
     "channels", "frames", "bytes", "md5", "status", "duplicate_of", "rms_dbfs", "peak", "snr_db",
-    "truncated", "offset", "length",
+    "truncated", "dc_offset", "downmix", "clipped_share", "speech_seconds", "offset", "length",
 ]  # fmt: skip
 
 
@@ -69,6 +72,8 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
             min_seconds=cfg.min_duration,
             max_seconds=cfg.max_duration,
             silence_dbfs=silence,
+            silent_channel_db=cfg.downmix_silent_db,
+            cancel_db=cfg.downmix_cancel_db,
         )
     except AudioError as err:
         return source, None, None, str(err)
@@ -77,7 +82,8 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
     facts = clip_facts(clip, Path(source.path).stat().st_size) | {"md5": file_md5(source.path)}
     warning = ""
     if clip.rms_dbfs < cfg.silence_dbfs:
-        warning = f"near-silent test file kept (RMS {clip.rms_dbfs:.1f} dBFS)"
+        reason = silence_reason(clip.rms_dbfs, clip.peak, clip.dc_offset)
+        warning = f"near-silent test file kept: {reason}"
     return source, to_int16(peak_normalise(clip.samples)), facts, warning
 
 
@@ -195,6 +201,7 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     if pairs is None:
         log.warning("no %s: there will be no submission for this data", csv_path)
     stamp = fingerprint(
+        DECODE_VERSION,
         cfg.data.model_dump(mode="json"),
         [(f.id, os.stat(f.path).st_size, os.stat(f.path).st_mtime_ns) for f in files],
         [s.path for s in skipped],

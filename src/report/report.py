@@ -9,6 +9,9 @@ Writes ``<outputs>/report/``:
 - ``det.png``, ``score_histograms.png``.
 - ``by_duration.csv`` (by the shorter clip's duration) and ``by_gender.csv`` (MM/FF/MF) for the
   main source (the stack when it exists) under the submit policy, on OOF trials.
+- ``file_warnings.csv``: per test file, what puts it outside the model's range (``checks.*``:
+  sample rate, speech shorter than the window, clipping, near-silence with the reason), and the
+  "Recording conditions" section (``recording.py``).
 - ``summary.md``: the page to read first.
 """
 
@@ -30,6 +33,7 @@ from src.stacking.submit import POLICIES, apply_policy, balanced_labels
 from src.util.io import read_json, write_csv, write_json, write_text
 
 from .plots import plot_det, plot_histograms, plot_training_curves
+from .recording import bundle_invariance, bundle_stackers, file_warnings, recording_markdown
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +424,8 @@ def summary_markdown(
             "",
             _table(fallback[["row", "audio_1", "audio_2", "reason"]].head(20)),
         ]
+    if extra.get("recording") is not None:
+        lines += recording_markdown(*extra["recording"], _table)
     if extra.get("top_features"):
         lines += ["", "## Top stack features (gain)", "", ", ".join(extra["top_features"])]
     lines += ["", "Figures: `det.png`, `score_histograms.png`, `training_curves.png`.", ""]
@@ -503,13 +509,15 @@ def report_stage(cfg: ExperimentConfig) -> None:
             for name, s in sources.items()
         },
     }
-    by_duration = by_gender = graph = None
+    by_duration = by_gender = graph = warnings = None
     if (cfg.paths.prep_dir / "manifest.csv").is_file():
         manifest = load_manifest(cfg.paths.prep_dir)
         by_duration, by_gender = breakdowns(sources[main], manifest, policy, share)
         graph = graph_changes(cfg, manifest)
+        warnings = file_warnings(manifest, cfg)
         write_csv(out / "by_duration.csv", by_duration)
         write_csv(out / "by_gender.csv", by_gender)
+        write_csv(out / "file_warnings.csv", warnings)
     write_json(out / "metrics.json", metrics)
     oof = {n: (s.oof["score"].to_numpy(), s.oof["label"].to_numpy()) for n, s in sources.items()}
     plot_det(oof, out / "det.png")
@@ -524,5 +532,6 @@ def report_stage(cfg: ExperimentConfig) -> None:
     fallback = read_fallback_pairs(cfg.paths.prep_dir)
     extra["fallback_pairs"] = None if fallback.empty else fallback
     extra["graph"] = graph
+    extra["recording"] = (bundle_stackers(cfg), bundle_invariance(cfg), warnings)
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)
