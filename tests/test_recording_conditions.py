@@ -16,6 +16,8 @@ from src.data.audio import AudioError, decode_audio, describe_clip, downmix, rem
 from src.data.checks import recording_warnings
 from src.data.prepare import _decode_job
 from src.data.zalo import SourceFile
+from src.serve.bundle import BundleError
+from src.serve.export import export_stage
 from src.stacking.features import (
     FEATURE_GROUPS,
     RECORDING_FEATURES,
@@ -29,9 +31,7 @@ from tests.fixtures.stack_inputs import write_synthetic_inputs
 RATE = 16000
 
 
-def voice(
-    seconds: float = 2.0, rate: int = RATE, seed: int = 0, freq: float = 140.0
-) -> np.ndarray:
+def voice(seconds: float = 2.0, rate: int = RATE, seed: int = 0, freq: float = 140.0) -> np.ndarray:
     """A buzzy harmonic tone with a little noise, on the int16 grid, peak about 0.25."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * rate)) / rate
@@ -214,3 +214,7 @@ def test_the_bundle_stacker_leaves_the_recording_group_out_by_default(tmp_path, 
     chosen = "with_recording" if recording else "content_only"
     assert result.metrics["bundle_stacker"]["eer"] == variants[chosen]["eer"]
     assert result.metrics["bundle_stacker"]["recording_features"] is recording
+    # export alone after flipping the key would pack the other stacker: refused, saying what to do
+    flipped = cfg.model_copy(update={"export": ExportConfig(recording_features=not recording)})
+    with pytest.raises(BundleError, match="run the stack stage with export.recording_features"):
+        export_stage(flipped)

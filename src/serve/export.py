@@ -38,6 +38,7 @@ import yaml
 from src.config import ExperimentConfig, config_from_dict, config_to_yaml
 from src.inference.embed import load_embeddings
 from src.inference.score import cohort_means
+from src.stacking.features import RECORDING_FEATURES
 from src.stacking.inputs import read_csv
 from src.stacking.stack import STACKER_DIR, STACKER_FILE
 from src.stacking.submit import BUNDLE_COLUMN, bundle_threshold
@@ -66,6 +67,7 @@ RUN_FIRST = "run the stack stage (and the first-level stages of every stacked ru
 def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     """Write ``cfg.bundle_dir``; returns it. Reused when its sources are unchanged."""
     stacker = read_stacker(cfg.stack_dir)
+    check_recording_choice(cfg, stacker)
     runs = sorted({name for group in stacker["groups"] for name in group["experiments"]})
     configs = {name: run_config(cfg, name) for name in runs}
     sources = source_files(cfg, configs)
@@ -138,6 +140,27 @@ def check_invariance(cfg: ExperimentConfig, root: Path) -> dict[str, Any]:
         "recording_features": cfg.export.recording_features,
         "alterations": summary,
     }
+
+
+def check_recording_choice(cfg: ExperimentConfig, stacker: dict[str, Any]) -> None:
+    """Refuse a stacker fitted for the other ``export.recording_features`` choice (the stack
+    stage fits the served stacker; ``export`` alone after changing the key would pack the old).
+    """
+    used = sorted({c for g in stacker["groups"] for c in g["columns"]} & RECORDING_FEATURES)
+    metrics_path = cfg.stack_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text("utf-8")) if metrics_path.is_file() else {}
+    fitted_for = (metrics.get("bundle_stacker") or {}).get("recording_features")
+    wrong = (used and not cfg.export.recording_features) or (
+        fitted_for is not None and fitted_for != cfg.export.recording_features
+    )
+    if wrong:
+        raise BundleError(
+            f"{cfg.stack_dir} holds the bundle stacker for export.recording_features="
+            f"{str(not cfg.export.recording_features).lower()}"
+            + (f" (it uses {used[:3]})" if used else "")
+            + f"; run the stack stage with export.recording_features="
+            f"{str(cfg.export.recording_features).lower()} first"
+        )
 
 
 def read_stacker(stack_dir: Path) -> dict[str, Any]:
