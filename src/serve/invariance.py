@@ -110,10 +110,12 @@ def invariance_table(
             name = f"{second}#{alteration}#{index}"
             clips[name] = upload_clip(model, float_wav(alter(waves[second]), rate))
             asked.append((first, second, alteration, name))
-    base = model.answer(clips, pairs[["audio_1", "audio_2"]].reset_index(drop=True))
-    altered = model.answer(
-        clips, pd.DataFrame({"audio_1": [a[0] for a in asked], "audio_2": [a[3] for a in asked]})
+    base_pairs = pairs[["audio_1", "audio_2"]].reset_index(drop=True)
+    altered_pairs = pd.DataFrame(
+        {"audio_1": [a[0] for a in asked], "audio_2": [a[3] for a in asked]}
     )
+    base = model.answer(_named(clips, base_pairs), base_pairs)
+    altered = model.answer(_named(clips, altered_pairs), altered_pairs)
     row_of = np.repeat(np.arange(len(pairs)), len(alterations))
     table = pd.DataFrame(
         {
@@ -128,6 +130,11 @@ def invariance_table(
     )
     table["changed"] = table["label"] != table["altered_label"]
     return table
+
+
+def _named(clips: dict[str, Clip], pairs: pd.DataFrame) -> dict[str, Clip]:
+    """The clips ``pairs`` names (``answer`` embeds every clip it is given)."""
+    return {name: clips[name] for name in dict.fromkeys([*pairs["audio_1"], *pairs["audio_2"]])}
 
 
 def summarise_invariance(table: pd.DataFrame) -> list[dict]:
