@@ -129,3 +129,18 @@ def test_export_checks_the_bundle_it_writes(tiny_bundle) -> None:
     table = pd.read_csv(tiny_bundle.bundle_dir / "invariance.csv")
     same = table[table["alteration"].isin(SAME_SAMPLES)]
     assert (same["probability"] == same["altered_probability"]).all()
+
+
+def test_the_report_shows_both_bundle_stackers_the_invariance_and_file_warnings(
+    tiny_bundle,
+) -> None:
+    from src.report.report import report_stage
+
+    report_stage(tiny_bundle)
+    summary = (tiny_bundle.report_dir / "summary.md").read_text()
+    section = summary.split("## Recording conditions", 1)[1]
+    assert "without the recording group (content only)" in section
+    assert "with the recording group (level, SNR" in section
+    assert "| opposite-phase second channel |" in section
+    warnings = pd.read_csv(tiny_bundle.report_dir / "file_warnings.csv")
+    assert list(warnings.columns) == ["name", "warning"]

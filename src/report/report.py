@@ -532,6 +532,7 @@ def report_stage(cfg: ExperimentConfig) -> None:
     fallback = read_fallback_pairs(cfg.paths.prep_dir)
     extra["fallback_pairs"] = None if fallback.empty else fallback
     extra["graph"] = graph
-    extra["recording"] = (bundle_stackers(cfg), bundle_invariance(cfg), warnings)
+    recording = (bundle_stackers(cfg), bundle_invariance(cfg), warnings)
+    extra["recording"] = None if all(part is None for part in recording) else recording
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)
