@@ -69,6 +69,18 @@ class DataConfig(Section):
     max_duration: float = Field(900.0, gt=0, description="longer clips are truncated (seconds)")
     silence_dbfs: float = Field(-80.0, description="train clips quieter than this are skipped")
     workers: int = Field(0, ge=0, description="decode processes; 0 = all cores")
+    downmix_silent_db: float = Field(
+        40.0,
+        gt=0,
+        description="a channel this many dB below the loudest is left out of the downmix "
+        "(a dead or muted second microphone)",
+    )
+    downmix_cancel_db: float = Field(
+        6.0,
+        gt=0,
+        description="when the mean of the channels is this many dB below their level, they "
+        "cancel (opposite phase): the loudest channel is used alone",
+    )
     strict_test: bool = Field(
         False,
         description="stop prepare when a file named in the test CSV is missing or unusable; "
@@ -397,6 +409,41 @@ class ExportConfig(Section):
         "serve.runtime=onnx; such a bundle has its own folder, <outputs>/bundle-onnx[-variant]",
     )
     opset: int = Field(17, ge=13, description="ONNX opset of the exported fold models")
+    recording_features: bool = Field(
+        False,
+        description="let the bundle's stacker use the recording-condition pair features (level, "
+        "SNR, bytes, channels, sample rate); off: the served answer does not move with how a "
+        "clip was recorded (the stack stage fits both; metrics.json bundle_stackers)",
+    )
+    invariance_pairs: int = Field(
+        16,
+        ge=0,
+        description="test pairs re-answered by the new bundle with one clip altered (gain, DC, "
+        "channel layout) to count changed answers (invariance.csv); 0 = no check",
+    )
+
+
+class ChecksConfig(Section):
+    """When a clip is outside the range the model was built for: a warning in the API's answer,
+    in predict_batch's, and per file in the report (``src/data/checks.py``)."""
+
+    min_sample_rate: int = Field(
+        16000, gt=0, description="warn for a file recorded below this rate (band-limited)"
+    )
+    min_speech_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="warn for a clip with less active speech than this; default: the model's "
+        "embedding window (embed.window_seconds; the largest of a bundle's runs)",
+    )
+    max_clipped_share: float = Field(
+        0.001, ge=0, le=1, description="warn when more than this share of samples is clipped"
+    )
+    silence_dbfs: float | None = Field(
+        None,
+        description="warn for a clip quieter than this (RMS after DC removal, with the reason); "
+        "default: data.silence_dbfs",
+    )
 
 
 ONNX_BUNDLE = "bundle-onnx"  # the folder of an export with export.onnx (see bundle_dir)
@@ -456,6 +503,7 @@ class ExperimentConfig(Section):
         "paths, data, folds and seed (relative paths: under configs/); one whose optional "
         "extra is not installed is skipped with a warning",
     )
+    checks: ChecksConfig = ChecksConfig()
     # where this config came from (file, overrides, result-changing settings): for run records
     _origin: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -624,7 +672,7 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
 
 
 # settings that change no result: never part of a run's identity
-NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "export", "serve")
+NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "export", "serve", "checks")
 NO_RESULT_KEYS = {"data.workers", "train.workers", "train.device", "embed.batch_seconds"}
 SECOND_LEVEL_SECTIONS = ("stack", "submit", "companions")  # companions: which runs are stacked
 

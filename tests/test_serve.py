@@ -132,7 +132,11 @@ def test_silent_clip_is_scored_with_a_warning(served) -> None:
     response = predict(client, encode(voice()), encode(np.zeros(RATE, np.float32)))
     assert response.status_code == 200, response.text
     assert np.isfinite(response.json()["probability"])
-    assert "audio_2 is silent" in response.json()["warnings"][0]
+    said = response.json()["warnings"]
+    assert said == [
+        "audio_2: silent or nearly (< -80 dBFS): digital silence (every sample is 0); the score "
+        "is unreliable"
+    ]
 
 
 def test_concurrent_clients_get_the_same_answers(served) -> None:

@@ -1,7 +1,25 @@
-"""Audio decoding: any format soundfile reads, mixed to mono, resampled to one rate, checked.
+"""Audio decoding: any format soundfile reads, conditioned, mixed to mono, resampled, checked.
 
 Every problem with a file becomes an :class:`AudioError` whose message says what is wrong, so the
 caller can log a skip or stop with a message that names the file.
+
+Signal conditioning happens once, here, for every path (``prepare``, the API's uploads,
+``pretrain``, which prepares its corpus the same way), so that how a voice was recorded does not
+change the samples a model sees:
+
+1. each channel's DC offset (its mean) is removed, before anything measures or normalises the
+   clip: a constant offset from a cheap microphone gives the same samples as none, and peak
+   normalisation no longer counts the offset as signal;
+2. the channels are mixed down in a way that keeps the speech (:func:`downmix`): a channel far
+   quieter than the loudest is left out, and when averaging would cancel the speech (channels in
+   opposite phase) the loudest channel is used alone; the choice is recorded in words;
+3. no sample is clipped at decode time: a float file louder than full scale keeps its waveform
+   (every cache path peak-normalises it).
+
+The offset removed, the downmix, the share of clipped (saturated) samples and the seconds of
+active speech are facts of the clip (:func:`clip_facts`: the manifest's columns and the served
+bundle's per-upload facts), from which :func:`recording_warnings` says when a clip is outside the
+range the model was built for.
 
 Example
 -------
@@ -21,6 +39,11 @@ import soundfile as sf
 import soxr
 
 SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+# part of prepare's fingerprint: bump it when decoding gives other samples from the same file
+# (2: DC removal per channel, a downmix that keeps the speech, no clipping at decode time)
+DECODE_VERSION = 2
+SILENT_CHANNEL_DB = 40.0  # defaults of data.downmix_silent_db and data.downmix_cancel_db
+CANCEL_DB = 6.0
 
 
 class AudioError(ValueError):
@@ -40,6 +63,10 @@ class DecodedClip:
     peak: float
     snr_db: float
     truncated: bool
+    dc_offset: float = 0.0  # the mean removed from the used channel(s), full scale = 1
+    downmix: str = ""  # how the channels were mixed ("" for a mono file)
+    clipped_share: float = 0.0  # share of samples saturated at the clip's peak (flat tops)
+    speech_seconds: float = 0.0  # seconds of 25 ms frames within 30 dB of the loud ones
 
     @property
     def duration(self) -> float:
@@ -83,12 +110,12 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     return resampled.astype(np.float32, copy=False)
 
 
-def read_mono(
+def read_channels(
     path: str | Path, max_seconds: float | None = None
 ) -> tuple[np.ndarray, sf._SoundFileInfo, bool]:
-    """Read a file with soundfile and mix it down to mono float32.
+    """Read a file with soundfile as float32 ``(frames, channels)``.
 
-    Returns ``(samples, info, truncated)``; raises AudioError for unreadable or empty files.
+    Returns ``(data, info, truncated)``; raises AudioError for unreadable or empty files.
     """
     path = Path(path)
     if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
@@ -110,27 +137,136 @@ def read_mono(
         raise AudioError(f"corrupt or unreadable audio: {err}") from None
     if data.shape[0] == 0:
         raise AudioError("zero-length audio (no samples)")
-    # one channel: a view, not a copy (a long clip is held once, not twice)
-    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    return mono, info, stop is not None
+    return data, info, stop is not None
 
 
-def validated_resample(
-    mono: np.ndarray, source_rate: int, target_rate: int, min_seconds: float
-) -> np.ndarray:
-    """Refuse non-finite or too short audio, resample it and clip it to [-1, 1].
+def channel_rms(column: np.ndarray) -> float:
+    """Root-mean-square of one channel (float64 accumulation, no copy)."""
+    if column.size == 0:
+        return 0.0
+    return float(np.sqrt(np.einsum("i,i->", column, column, dtype=np.float64) / column.size))
 
-    The checks every decoding path shares (files in ``prepare``, uploads in ``serve``). At the
-    target rate already, ``mono`` itself is clipped in place and returned (no copy).
+
+def remove_dc(data: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each channel of ``(frames, channels)`` as a contiguous float32 array without its mean.
+
+    Every channel takes the same path (a contiguous copy, a float64 mean, a float32
+    subtraction), so a channel gives the same samples whether it came alone (a mono file) or
+    beside others. Returns ``(channels, offsets)``; ``offsets`` has shape ``(channels,)``.
+
+    >>> cols, offsets = remove_dc(np.array([[0.1, 0.5], [0.3, 0.5]], dtype=np.float32))
+    >>> offsets.round(3).tolist(), [[round(float(x), 3) for x in c] for c in cols]
+    ([0.2, 0.5], [[-0.1, 0.1], [0.0, 0.0]])
     """
-    if not np.isfinite(mono).all():
+    columns, offsets = [], []
+    for index in range(data.shape[1]):
+        column = np.ascontiguousarray(data[:, index], dtype=np.float32)
+        offset = np.float32(column.mean(dtype=np.float64))
+        columns.append(column - offset)
+        offsets.append(float(offset))
+    return columns, np.asarray(offsets, dtype=np.float64)
+
+
+def downmix(
+    columns: list[np.ndarray],
+    silent_db: float = SILENT_CHANNEL_DB,
+    cancel_db: float = CANCEL_DB,
+) -> tuple[np.ndarray, list[int], str]:
+    """Mix DC-free channels to mono, keeping the speech; returns ``(mono, used, how)``.
+
+    A channel more than ``silent_db`` below the loudest is left out (a dead or muted second
+    microphone). The kept channels are averaged, unless the average is more than ``cancel_db``
+    below what uncorrelated channels of their levels would give (``sqrt(sum rms^2) / n``): then
+    the channels cancel (opposite phase, as a miswired balanced cable gives) and the loudest is
+    used alone. ``used`` lists 0-based channel numbers; ``how`` says it in words with 1-based
+    channel numbers ("" for mono, "mean of 2 channels", "channel 1: channel 2 silent", ...).
+    A single channel is returned as it is, with no copy.
+    """
+    if len(columns) == 1:
+        return columns[0], [0], ""
+    levels = np.array([channel_rms(c) for c in columns])
+    loudest = int(np.argmax(levels))  # the first on ties
+    if levels[loudest] <= 0.0:  # every channel silent: the silence check says so
+        return columns[0], [0], f"channel 1: all {len(columns)} channels silent"
+    floor = levels[loudest] * 10.0 ** (-silent_db / 20.0)
+    kept = [i for i, level in enumerate(levels) if level >= floor]
+    silent = [i for i in range(len(columns)) if i not in kept]
+    if len(kept) == 1:
+        names = ", ".join(str(i + 1) for i in silent)
+        gap = _db(levels[silent].max() / levels[loudest])
+        level = "no signal" if gap == float("-inf") else f"{-gap:.0f} dB below"
+        return (
+            columns[loudest],
+            [loudest],
+            f"channel {loudest + 1}: channel {names} silent ({level})",
+        )
+    mono = np.mean(np.stack([columns[i] for i in kept], axis=1), axis=1, dtype=np.float32)
+    expected = float(np.sqrt(np.sum(levels[kept] ** 2))) / len(kept)
+    loss = -_db(channel_rms(mono) / expected)
+    if loss > cancel_db:
+        level = "silent" if loss == float("inf") else f"{loss:.0f} dB below their level"
+        return (
+            columns[loudest],
+            [loudest],
+            (
+                f"channel {loudest + 1}: the channels cancel when averaged (opposite phase: "
+                f"their mean is {level})"
+            ),
+        )
+    dropped = f", channel {', '.join(str(i + 1) for i in silent)} silent" if silent else ""
+    return mono, kept, f"mean of {len(kept)} channels{dropped}"
+
+
+def _db(ratio: float) -> float:
+    """An amplitude ratio in dB (-inf for 0)."""
+    return 20.0 * np.log10(ratio) if ratio > 0 else float("-inf")
+
+
+def clipped_share(column: np.ndarray, tolerance: float = 1e-3) -> float:
+    """Share of samples saturated at the clip's peak: within ``tolerance`` of the largest
+    magnitude and equal to the previous sample (a flat top). Scale-free, so a float file louder
+    than full scale is not "clipped", while hard clipping at any level is.
+
+    >>> wave = np.sin(np.linspace(0, 20, 2000)).astype(np.float32)
+    >>> clipped_share(wave), round(clipped_share(np.clip(wave, -0.5, 0.5)), 2)
+    (0.0, 0.66)
+    """
+    if column.size < 2:
+        return 0.0
+    magnitude = np.abs(column)
+    peak = float(magnitude.max())
+    if peak <= 0.0:
+        return 0.0
+    flat = (column[1:] == column[:-1]) & (magnitude[1:] >= peak * (1.0 - tolerance))
+    return float(np.count_nonzero(flat)) / column.size
+
+
+def speech_seconds(
+    samples: np.ndarray, rate: int, frame_seconds: float = 0.025, range_db: float = 30.0
+) -> float:
+    """Seconds of active signal: 25 ms frames within ``range_db`` of the loud frames' energy
+    (95th percentile). Relative to the clip itself, so a level change does not change it.
+    """
+    frame = max(1, int(rate * frame_seconds))
+    n_frames = samples.size // frame
+    if n_frames == 0:
+        return 0.0
+    frames = samples[: n_frames * frame].reshape(n_frames, frame)
+    energy = np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / frame
+    loud = float(np.percentile(energy, 95))
+    if loud <= 0.0:
+        return 0.0
+    active = np.count_nonzero(energy >= loud * 10.0 ** (-range_db / 10.0))
+    return active * frame / rate
+
+
+def check_samples(data: np.ndarray, source_rate: int, min_seconds: float) -> None:
+    """Refuse non-finite or too short audio (files in ``prepare`` and uploads in ``serve``)."""
+    if not np.isfinite(data).all():
         raise AudioError("audio contains NaN or infinite samples")
-    duration = mono.size / source_rate
+    duration = data.shape[0] / source_rate
     if duration < min_seconds:
         raise AudioError(f"too short: {duration:.3f} s < {min_seconds:g} s")
-    samples = resample(mono, source_rate, target_rate)
-    np.clip(samples, -1.0, 1.0, out=samples)
-    return samples
 
 
 def decode_audio(
@@ -139,44 +275,87 @@ def decode_audio(
     min_seconds: float = 0.1,
     max_seconds: float | None = None,
     silence_dbfs: float | None = -70.0,
+    silent_channel_db: float = SILENT_CHANNEL_DB,
+    cancel_db: float = CANCEL_DB,
 ) -> DecodedClip:
-    """Decode, mix to mono, resample and validate one file.
+    """Decode, condition (DC removal, downmix), resample and validate one file.
 
     Raises AudioError for unsupported, corrupt, empty, too short, non-finite or silent audio
-    (RMS below ``silence_dbfs``; ``None`` turns that check off).
-    Clips longer than ``max_seconds`` are truncated (``truncated`` is set).
+    (RMS below ``silence_dbfs`` once the DC offset is removed, the reason in the message;
+    ``None`` turns that check off). Clips longer than ``max_seconds`` are truncated
+    (``truncated`` is set).
     """
-    mono, info, truncated = read_mono(path, max_seconds)
+    data, info, truncated = read_channels(path, max_seconds)
     clip = describe_clip(
-        mono, int(info.samplerate), int(info.channels), int(info.frames), target_rate,
-        min_seconds, truncated,
+        data, int(info.samplerate), int(info.frames), target_rate, min_seconds, truncated,
+        silent_channel_db, cancel_db,
     )  # fmt: skip
     if silence_dbfs is not None and clip.rms_dbfs < silence_dbfs:
-        raise AudioError(f"silent: RMS {clip.rms_dbfs:.1f} dBFS below {silence_dbfs} dBFS")
+        raise AudioError(f"silent: {silence_reason(clip.rms_dbfs, clip.peak, clip.dc_offset)}")
     return clip
 
 
 def describe_clip(
-    mono: np.ndarray,
+    data: np.ndarray,
     source_rate: int,
-    source_channels: int,
     source_frames: int,
     target_rate: int,
     min_seconds: float,
     truncated: bool = False,
+    silent_channel_db: float = SILENT_CHANNEL_DB,
+    cancel_db: float = CANCEL_DB,
 ) -> DecodedClip:
-    """Validate and resample decoded mono samples and measure them (files and uploads alike)."""
-    samples = validated_resample(mono, source_rate, target_rate, min_seconds)
+    """Condition, resample and measure decoded samples (files and uploads alike).
+
+    Parameters
+    ----------
+    data
+        ``(frames,)`` mono or ``(frames, channels)`` float samples at ``source_rate``; not
+        modified.
+    source_frames
+        Frames the file holds (its header's count; more than ``data`` when truncated).
+
+    Raises AudioError for non-finite or too short audio. The DC offset of every channel is
+    removed before the downmix (:func:`remove_dc`, :func:`downmix`), so before any level or
+    peak is measured; nothing is clipped.
+    """
+    table = data if data.ndim == 2 else data[:, None]  # (frames, channels)
+    check_samples(table, source_rate, min_seconds)
+    columns, offsets = remove_dc(table)
+    mono, used, how = downmix(columns, silent_channel_db, cancel_db)
+    clipped = max(clipped_share(columns[i]) for i in used)
+    samples = resample(mono, source_rate, target_rate)
     return DecodedClip(
         samples=samples,
         rate=target_rate,
         source_rate=source_rate,
-        source_channels=source_channels,
+        source_channels=table.shape[1],
         source_frames=source_frames,
         rms_dbfs=rms_dbfs(samples),
         peak=float(np.abs(samples).max()),
         snr_db=estimate_snr_db(samples, target_rate),
         truncated=truncated,
+        dc_offset=float(offsets[used].mean()),
+        downmix=how,
+        clipped_share=clipped,
+        speech_seconds=speech_seconds(samples, target_rate),
+    )
+
+
+def silence_reason(rms: float, peak: float, dc_offset: float) -> str:
+    """Why a clip is (nearly) silent, in words, from its facts after DC removal.
+
+    >>> silence_reason(float("-inf"), 0.0, 0.05)
+    'only a constant DC offset of +0.0500 (no signal once it is removed)'
+    """
+    if peak <= 0.0 and abs(dc_offset) > 0.0:
+        return f"only a constant DC offset of {dc_offset:+.4f} (no signal once it is removed)"
+    if peak <= 0.0:
+        return "digital silence (every sample is 0)"
+    removed = f"; a DC offset of {dc_offset:+.4f} was removed" if abs(dc_offset) >= 1e-3 else ""
+    return (
+        f"RMS {rms:.1f} dBFS, peak {peak:.2g}: almost no signal (a muted or disconnected "
+        f"microphone, or a very quiet recording{removed})"
     )
 
 
@@ -193,6 +372,10 @@ def clip_facts(clip: DecodedClip, n_bytes: int) -> dict[str, float | int | bool]
         "peak": round(clip.peak, 4),
         "snr_db": round(clip.snr_db, 2),
         "truncated": clip.truncated,
+        "dc_offset": round(clip.dc_offset, 5),
+        "downmix": clip.downmix,
+        "clipped_share": round(clip.clipped_share, 5),
+        "speech_seconds": round(clip.speech_seconds, 3),
     }
 
 

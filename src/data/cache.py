@@ -18,7 +18,7 @@ from src.data.audio import from_int16
 from src.data.prepare import CACHE_NAME
 
 TEXT_COLUMNS = ["id", "name", "path", "split", "speaker", "gender", "age", "md5", "status",
-                "duplicate_of"]  # fmt: skip
+                "duplicate_of", "downmix"]  # fmt: skip
 
 
 def read_manifest(prep_dir: str | Path) -> pd.DataFrame:

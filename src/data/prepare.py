@@ -4,9 +4,10 @@ Outputs in ``<prep_dir>``:
 
 - ``manifest.csv``: one row per usable file (see ``MANIFEST_COLUMNS``), with ``offset`` and
   ``length`` locating its 16 kHz int16 samples in ``audio.int16``;
-- ``audio.int16``: all decoded clips back to back, each peak-normalised so quiet clips keep their
-  resolution (the original level is in the manifest's ``rms_dbfs`` and ``peak``), read later as a
-  memory map;
+- ``audio.int16``: all decoded clips back to back, each without its DC offset and
+  peak-normalised so quiet clips keep their resolution (the original level is in the manifest's
+  ``rms_dbfs`` and ``peak``, the offset removed in ``dc_offset``, how the channels were mixed in
+  ``downmix``), read later as a memory map;
 - ``bad_files.csv``: every file that was skipped, with the reason;
 - ``test_pairs.csv``: the validated public-test pair list (when the CSV exists), names cleaned
   by :mod:`src.data.pairs` (spaces stripped, Unicode NFC) as the manifest's names are;
@@ -31,11 +32,13 @@ import pandas as pd
 
 from src.config import DataConfig, ExperimentConfig
 from src.data.audio import (
+    DECODE_VERSION,
     AudioError,
     clip_facts,
     decode_audio,
     file_md5,
     peak_normalise,
+    silence_reason,
     to_int16,
 )
 from src.data.pairs import DataLayoutError, clean_name, read_pair_list
@@ -59,7 +62,7 @@ FALLBACK_NAME = "fallback_pairs.csv"  # test pairs naming a damaged file: answer
 MANIFEST_COLUMNS = [
     "id", "name", "path", "split", "speaker", "gender", "age", "duration", "sample_rate",
     "channels", "frames", "bytes", "md5", "status", "duplicate_of", "rms_dbfs", "peak", "snr_db",
-    "truncated", "offset", "length",
+    "truncated", "dc_offset", "downmix", "clipped_share", "speech_seconds", "offset", "length",
 ]  # fmt: skip
 
 
@@ -82,6 +85,8 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
             min_seconds=cfg.min_duration,
             max_seconds=cfg.max_duration,
             silence_dbfs=silence,
+            silent_channel_db=cfg.downmix_silent_db,
+            cancel_db=cfg.downmix_cancel_db,
         )
     except AudioError as err:
         return source, None, {"md5": md5}, str(err)
@@ -90,7 +95,8 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
     facts = clip_facts(clip, Path(source.path).stat().st_size) | {"md5": md5}
     warning = ""
     if clip.rms_dbfs < cfg.silence_dbfs:
-        warning = f"near-silent test file kept (RMS {clip.rms_dbfs:.1f} dBFS)"
+        reason = silence_reason(clip.rms_dbfs, clip.peak, clip.dc_offset)
+        warning = f"near-silent test file kept: {reason}"
     return source, to_int16(peak_normalise(clip.samples)), facts, warning
 
 
@@ -164,7 +170,8 @@ def decode_settings(cfg: DataConfig) -> str:
     to leave decoding alone counts, so a new setting re-decodes rather than reuses."""
     neutral = {"demo", "layout", "train_dir", "test_dir", "test_csv", "extensions", "workers",
                "strict_test", "test_train_copies"}  # fmt: skip
-    return fingerprint({k: v for k, v in cfg.model_dump(mode="json").items() if k not in neutral})
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in neutral}
+    return fingerprint(DECODE_VERSION, settings)
 
 
 def reusable_clips(cfg: ExperimentConfig, check: SourceCheck) -> Reuse:
@@ -297,6 +304,7 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
 
     def stamp(md5: dict[str, str]) -> str:
         return fingerprint(
+            DECODE_VERSION,
             cfg.data.model_dump(mode="json"),
             [(f.id, md5.get(f.id)) for f in files],
             scan_skips,

@@ -11,6 +11,9 @@ Writes ``<outputs>/report/``:
   ``accuracy_threshold.png``, ``stack_importance.png``, ``eer_by_fold.png`` (``.csv``).
 - ``by_duration.csv`` (by the shorter clip's duration) and ``by_gender.csv`` (MM/FF/MF) for the
   main source (the stack when it exists) under the submit policy, on OOF trials.
+- ``file_warnings.csv``: per test file, what puts it outside the model's range (``checks.*``:
+  sample rate, speech shorter than the window, clipping, near-silence with the reason), and the
+  "Recording conditions" section (``recording.py``).
 - ``summary.md``: the page to read first; it opens with a WARNING when a source's scores have
   collapsed or a trial-graph feature group is shifted on the test (both also logged).
 
@@ -44,6 +47,7 @@ from src.util.io import read_json, write_csv, write_json, write_text
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 
 from .plots import plot_det, plot_histograms, plot_training_curves
+from .recording import bundle_invariance, bundle_stackers, file_warnings, recording_markdown
 
 log = logging.getLogger(__name__)
 
@@ -462,6 +466,8 @@ def summary_markdown(
             _table(fallback[["row", "audio_1", "audio_2", "reason"]].head(20)),
         ]
     lines += _data_notes_lines(extra.get("data_notes"))
+    if extra.get("recording") is not None:
+        lines += recording_markdown(*extra["recording"], _table)
     if extra.get("top_features"):
         lines += ["", "## Top stack features (gain)", "", ", ".join(extra["top_features"])]
     if diagnostics:
@@ -593,6 +599,7 @@ def report_inputs(cfg: ExperimentConfig) -> list[Path]:
         )
     prep = cfg.paths.prep_dir  # every table prepare wrote (manifest, skipped files, copies, ...)
     files += sorted(prep.glob("*.csv")) if prep.is_dir() else []
+    files.append(cfg.bundle_dir / "manifest.json")  # the bundle's invariance check (recording.py)
     test_csv = cfg.paths.input / cfg.data.test_csv
     return [*files, test_csv, test_csv.parent / LABELS_FILE]
 
@@ -602,7 +609,9 @@ def report_fingerprint(cfg: ExperimentConfig) -> str:
     code changed is redrawn, whatever ``REPORT_VERSION`` says)."""
     settings = cfg.model_dump(mode="json", exclude={"serve", "export", "tracking"})
     code = files_fingerprint(Path(__file__).parent.glob("*.py"))
-    return fingerprint(REPORT_VERSION, settings, code, files_fingerprint(report_inputs(cfg)))
+    served = cfg.export.recording_features  # which bundle stacker the report marks as served
+    inputs = files_fingerprint(report_inputs(cfg))
+    return fingerprint(REPORT_VERSION, settings, served, code, inputs)
 
 
 def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
@@ -641,13 +650,15 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
             for name, s in sources.items()
         },
     }
-    by_duration = by_gender = graph = manifest = None
+    by_duration = by_gender = graph = manifest = warnings = None
     if (cfg.paths.prep_dir / "manifest.csv").is_file():
         manifest = load_manifest(cfg.paths.prep_dir)
         by_duration, by_gender = breakdowns(sources[main], manifest, policy, share)
         graph = graph_changes(cfg, manifest)
+        warnings = file_warnings(manifest, cfg)
         write_csv(out / "by_duration.csv", by_duration)
         write_csv(out / "by_gender.csv", by_gender)
+        write_csv(out / "file_warnings.csv", warnings)
     write_json(out / "metrics.json", metrics)
     oof = {n: (s.oof["score"].to_numpy(), s.oof["label"].to_numpy()) for n, s in sources.items()}
     plot_det(oof, out / "det.png")
@@ -670,6 +681,8 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     extra["graph"] = graph
     extra["data_notes"] = data_notes(cfg.paths.prep_dir, manifest)
     extra["diagnostics"] = diagnostics
+    recording = (bundle_stackers(cfg), bundle_invariance(cfg), warnings)
+    extra["recording"] = None if all(part is None for part in recording) else recording
     write_text(out / "summary.md", summary_markdown(metrics, by_duration, by_gender, extra))
     log.info("report written to %s (main source %s)", out, main)
     write_json(out / WARNINGS_FILE, diagnostics["warnings"])

@@ -11,14 +11,18 @@ soundfile reads; mixed to mono, resampled to the bundle's rate). Answers::
      "scores": {"<run>": {"asnorm": float, "cosine": float}, ...}, "warnings": [str, ...]}
 
 ``probability`` is the bundle's stacker's (the fold mean of its fold stackers, as the pipeline
-computes it for a test pair); ``label`` is 1 (same speaker) at or above ``threshold``. A silent
-clip is still scored, with a warning. A bad upload gets a 4xx with ``{"detail": reason}`` (see
-:mod:`src.serve.uploads`; a missing field is FastAPI's 422) and the server keeps serving.
+computes it for a test pair); ``label`` is 1 (same speaker) at or above ``threshold``. A clip
+outside the model's range is still scored, with a warning that names it and says why
+(``src/data/checks.py``: recorded below 16 kHz, less speech than the model's window, clipped,
+near-silent with the reason, a channel left out of the downmix). A bad upload gets a 4xx with
+``{"detail": reason}`` (see :mod:`src.serve.uploads`; a missing field is FastAPI's 422) and the
+server keeps serving.
 
 ``POST /api/predict_batch``: files ``files`` (several; each known by its file name) and a form
 field ``pairs``: CSV text with a header ``audio_1,audio_2`` or a JSON list of name pairs. Each
 clip is embedded once however many pairs name it. A file that cannot be decoded costs the pairs
-that name it (their ``error`` says why), not the batch.
+that name it (their ``error`` says why), not the batch. Warnings about a clip are in the batch's
+``warnings`` and in the ``warnings`` of every pair that names it.
 
 Model work (decoding included) runs on one worker thread, off the event loop, so ``/health``
 answers while the model is busy; at most ``serve.max_pending`` requests wait for it, more get 503.
@@ -51,7 +55,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from src.config import ExperimentConfig, ServeConfig
+from src.config import ChecksConfig, ExperimentConfig, ServeConfig
+from src.data.checks import recording_warnings
 from src.data.pairs import DataLayoutError, clean_name, pair_list_from_rows, pair_list_from_text
 
 from .bundle import BundleError
@@ -78,6 +83,7 @@ class PairPrediction(BaseModel):
     probability: float | None = None
     scores: dict[str, dict[str, float]] = {}
     error: str | None = None
+    warnings: list[str] = []  # about either clip of this pair
 
 
 class BatchPrediction(BaseModel):
@@ -121,14 +127,19 @@ class ModelQueue:
             self.pending -= 1
 
 
-def create_app(model: BundleModel, serve: ServeConfig) -> FastAPI:
-    """A FastAPI app serving ``model`` with the limits of ``serve``."""
+def create_app(
+    model: BundleModel, serve: ServeConfig, checks: ChecksConfig | None = None
+) -> FastAPI:
+    """A FastAPI app serving ``model`` with the limits of ``serve``; ``checks`` (default: the
+    bundle's) sets when a clip gets a warning (``src/data/checks.py``)."""
     max_file_bytes = int(serve.max_upload_mb * 2**20)
     pair_body = 2 * max_file_bytes + MULTIPART_SLACK_BYTES
     batch_body = serve.max_batch_files * max_file_bytes + MULTIPART_SLACK_BYTES
     data = model.stack_cfg.data
     # a clip the pipeline would truncate is refused instead: the answer would differ
     max_seconds = min(serve.max_seconds, data.max_duration)
+    checks = checks if checks is not None else model.stack_cfg.checks
+    window = max(run.cfg.embed.window_seconds for run in model.runs)
     queue = ModelQueue(serve.max_pending)
     app = FastAPI(
         title="Speaker verification",
@@ -151,17 +162,14 @@ def create_app(model: BundleModel, serve: ServeConfig) -> FastAPI:
         """One upload as a clip (UploadError names ``field``), and its warnings."""
         try:
             upload = decode_upload(
-                payload, model.sample_rate, max_seconds, data.min_duration, max_file_bytes
-            )
+                payload, model.sample_rate, max_seconds, data.min_duration, max_file_bytes,
+                data.downmix_silent_db, data.downmix_cancel_db,
+            )  # fmt: skip
         except UploadError as err:
             raise UploadError(err.status, f"{field}: {err}") from None
-        warnings = []
-        if upload.rms_dbfs < data.silence_dbfs:
-            warnings.append(
-                f"{field} is silent or nearly (RMS {upload.rms_dbfs:.1f} dBFS < "
-                f"{data.silence_dbfs:g} dBFS): the score is unreliable"
-            )
-        return Clip(upload.samples, upload.facts()), warnings
+        facts = upload.facts()
+        said = recording_warnings(facts, checks, window, data.silence_dbfs)
+        return Clip(upload.samples, facts), [f"{field}: {line}" for line in said]
 
     def score_pair(uploads: dict[str, bytes]) -> Prediction:
         started = time.perf_counter()
@@ -180,11 +188,11 @@ def create_app(model: BundleModel, serve: ServeConfig) -> FastAPI:
         )
 
     def score_batch(uploads: dict[str, bytes], pairs: pd.DataFrame) -> BatchPrediction:
-        clips, warnings, errors = {}, [], {}
+        clips, warnings, errors, by_file = {}, [], {}, {}
         for name, payload in uploads.items():
             try:
-                clips[name], said = decode(name, payload)
-                warnings += said
+                clips[name], by_file[name] = decode(name, payload)
+                warnings += by_file[name]
             except UploadError as err:
                 errors[name] = str(err)
         bad = pairs["audio_1"].isin(errors) | pairs["audio_2"].isin(errors)
@@ -203,6 +211,7 @@ def create_app(model: BundleModel, serve: ServeConfig) -> FastAPI:
                     label=int(row["label"]),
                     probability=float(row["probability"]),
                     scores=run_scores(model, row),
+                    warnings=[w for n in dict.fromkeys((a, b)) for w in by_file[n]],
                 )
             )
         return BatchPrediction(threshold=model.threshold, results=results, warnings=warnings)
@@ -350,7 +359,7 @@ def serve_stage(cfg: ExperimentConfig) -> None:
             "export.onnx=true; it has its own folder, so a plain export never replaces it)"
         )
     model = BundleModel.load(root, cfg.serve.runtime)
-    app = create_app(model, cfg.serve)
+    app = create_app(model, cfg.serve, cfg.checks)
     host, port = cfg.serve.host, cfg.serve.port
     shown = f"[{host}]" if ":" in host else host
     log.info(

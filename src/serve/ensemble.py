@@ -88,9 +88,7 @@ class Clip:
     def from_samples(cls, samples: np.ndarray, rate: int) -> Clip:
         """A clip from mono float samples at the bundle's ``rate`` (no file): its facts are
         those of a 16-bit mono WAV file of these samples."""
-        clip = describe_clip(
-            np.asarray(samples, dtype=np.float32), rate, 1, len(samples), rate, 0.0
-        )
+        clip = describe_clip(np.asarray(samples, dtype=np.float32), rate, len(samples), rate, 0.0)
         return cls(clip.samples, clip_facts(clip, WAV_HEADER_BYTES + 2 * len(samples)))
 
 

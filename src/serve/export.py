@@ -5,13 +5,18 @@
 - every run's fold models (``best.pt`` without optimiser state) and AS-norm cohorts, its resolved
   config, and the weight files a frozen extractor reads (copied in, paths rewritten);
 - the stacker the bundle serves: trained without trial-graph features, which a single pair
-  does not have (the stack stage fits it beside the graph stacker and writes its OOF and test
-  probabilities as ``prob_bundle``);
+  does not have, and without the recording-condition features unless
+  ``export.recording_features`` (the stack stage fits it beside the graph stacker and writes
+  its OOF and test probabilities as ``prob_bundle``);
 - the threshold of ``submit.policy`` on that stacker's probabilities, the OOF figures it was
   measured at, package versions, and the sha256 of every file (``manifest.json``), with the
   fingerprint of everything its answers depend on (:func:`bundle_fingerprint`);
 - with ``export.onnx``, each trained CNN fold model after its front-end as ONNX, checked against
-  torch (the largest difference is in the manifest).
+  torch (the largest difference is in the manifest);
+- ``invariance.csv`` (not checksummed: a measurement, not a model input):
+  ``export.invariance_pairs`` test pairs answered by the finished bundle with one clip altered
+  (gain, DC offset, channel layout; ``invariance.py``), summarised in the manifest's
+  ``invariance``.
 
 The bundle is built in a staging folder and moved into place whole; unchanged sources, config
 and threshold reuse the existing bundle.
@@ -34,11 +39,12 @@ import yaml
 from src.config import ExperimentConfig, config_from_dict, config_to_yaml
 from src.inference.embed import load_embeddings
 from src.inference.score import cohort_means
+from src.stacking.features import RECORDING_FEATURES
 from src.stacking.inputs import read_csv
 from src.stacking.stack import STACKER_DIR, STACKER_FILE
 from src.stacking.submit import BUNDLE_COLUMN, bundle_threshold
 from src.training.checkpoint import load_checkpoint, save_checkpoint
-from src.util.io import write_json, write_npy, write_text
+from src.util.io import write_csv, write_json, write_npy, write_text
 from src.util.logs import plural
 from src.util.stage_cache import files_fingerprint, fingerprint
 
@@ -63,6 +69,7 @@ RUN_FIRST = "run the stack stage (and the first-level stages of every stacked ru
 def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     """Write ``cfg.bundle_dir``; returns it. Reused when its sources are unchanged."""
     stacker = read_stacker(cfg.stack_dir)
+    check_recording_choice(cfg, stacker)
     runs = sorted({name for group in stacker["groups"] for name in group["experiments"]})
     configs = {name: run_config(cfg, name) for name in runs}
     sources = source_files(cfg, configs)
@@ -79,6 +86,9 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         pack_stack(cfg, stacker, staging)
         manifest = describe(cfg, stacker, configs, experiments, staging) | {"source": stamp}
         write_json(staging / MANIFEST, manifest)
+        if cfg.export.invariance_pairs:  # the finished bundle, answering altered clips
+            manifest["invariance"] = check_invariance(cfg, staging)
+            write_json(staging / MANIFEST, manifest)
         replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -105,6 +115,65 @@ def bundle_fingerprint(cfg: ExperimentConfig, sources: list[Path]) -> str:
         decision(cfg)["value"],
         files_fingerprint(sources),
     )
+
+
+INVARIANCE_FILE = "invariance.csv"
+
+
+def check_invariance(cfg: ExperimentConfig, root: Path) -> dict[str, Any]:
+    """Re-answer ``export.invariance_pairs`` test pairs (a seeded sample) with the bundle at
+    ``root``, the second clip altered (``invariance.py``); writes ``root/invariance.csv`` and
+    returns the per-alteration summary for the manifest (and the report)."""
+    from src.data.cache import AudioCache
+
+    from .ensemble import BundleModel
+    from .invariance import invariance_table, summarise_invariance
+
+    started = time.perf_counter()
+    test = read_csv(cfg.stack_dir / "test_predictions.csv", ["audio_1", "audio_2"], "stack test")
+    rng = np.random.default_rng(cfg.seed)
+    count = min(cfg.export.invariance_pairs, len(test))
+    pairs = test.iloc[np.sort(rng.choice(len(test), count, replace=False))]
+    pairs = pairs[["audio_1", "audio_2"]].astype(str).reset_index(drop=True)
+    cache = AudioCache(cfg.paths.prep_dir)
+    tests = cache.manifest[cache.manifest["split"] == "test"].set_index("name")["id"]
+    names = sorted(set(pairs["audio_1"]) | set(pairs["audio_2"]))
+    waves = {name: cache.samples(tests[name]) for name in names}
+    table = invariance_table(BundleModel.load(root), waves, pairs)
+    write_csv(root / INVARIANCE_FILE, table)
+    summary = summarise_invariance(table)
+    log.info(
+        "export: invariance of %d test pairs (answers changed per alteration) %s in %.1f s",
+        count,
+        {row["alteration"]: row["answers_changed"] for row in summary},
+        time.perf_counter() - started,
+    )
+    return {
+        "pairs": count,
+        "recording_features": cfg.export.recording_features,
+        "alterations": summary,
+    }
+
+
+def check_recording_choice(cfg: ExperimentConfig, stacker: dict[str, Any]) -> None:
+    """Refuse a stacker fitted for the other ``export.recording_features`` choice (the stack
+    stage fits the served stacker; ``export`` alone after changing the key would pack the old).
+    """
+    used = sorted({c for g in stacker["groups"] for c in g["columns"]} & RECORDING_FEATURES)
+    metrics_path = cfg.stack_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text("utf-8")) if metrics_path.is_file() else {}
+    fitted_for = (metrics.get("bundle_stacker") or {}).get("recording_features")
+    wrong = (used and not cfg.export.recording_features) or (
+        fitted_for is not None and fitted_for != cfg.export.recording_features
+    )
+    if wrong:
+        raise BundleError(
+            f"{cfg.stack_dir} holds the bundle stacker for export.recording_features="
+            f"{str(not cfg.export.recording_features).lower()}"
+            + (f" (it uses {used[:3]})" if used else "")
+            + f"; run the stack stage with export.recording_features="
+            f"{str(cfg.export.recording_features).lower()} first"
+        )
 
 
 def read_stacker(stack_dir: Path) -> dict[str, Any]:

@@ -15,8 +15,8 @@ larger than ``serve.max_upload_mb``       413
 not a format soundfile can open           415
 ========================================  ======
 
-A silent clip is not an error: it decodes, and :attr:`DecodedUpload.rms_dbfs` lets the caller
-attach a warning (as ``prepare`` keeps silent test files with a warning).
+A silent clip is not an error: it decodes, and its facts let the caller attach a warning with
+the reason (``src.data.checks.recording_warnings``, as ``prepare`` keeps silent test files).
 
 Example
 -------
@@ -33,7 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from src.data.audio import AudioError, DecodedClip, clip_facts, describe_clip
+from src.data.audio import (
+    CANCEL_DB,
+    SILENT_CHANNEL_DB,
+    AudioError,
+    DecodedClip,
+    clip_facts,
+    describe_clip,
+)
 
 
 class UploadError(ValueError):
@@ -76,8 +83,12 @@ def decode_upload(
     max_seconds: float,
     min_seconds: float = 0.1,
     max_bytes: int | None = None,
+    silent_channel_db: float = SILENT_CHANNEL_DB,
+    cancel_db: float = CANCEL_DB,
 ) -> DecodedUpload:
-    """Decode one uploaded file, mix it to mono and resample it to ``target_rate``.
+    """Decode one uploaded file, condition it and mix it to mono as ``prepare`` does
+    (``src.data.audio.describe_clip``: DC removal, a downmix that keeps the speech; the
+    ``data.downmix_*`` settings), and resample it to ``target_rate``.
 
     Raises :class:`UploadError` (see the module table) instead of truncating a long clip: a
     server should not score a different clip from the one it was sent.
@@ -106,11 +117,11 @@ def decode_upload(
         raise UploadError(400, "no audio samples in the file")
     if frames.shape[0] > limit:
         raise UploadError(400, f"too long: more than {max_seconds:g} s")
-    mono = frames.mean(axis=1, dtype=np.float32)  # (samples,)
-    try:
+    try:  # DC removal and a downmix that keeps the speech, as prepare's
         clip = describe_clip(
-            mono, int(rate), int(info.channels), int(info.frames), target_rate, min_seconds
-        )
+            frames, int(rate), int(info.frames), target_rate, min_seconds, False,
+            silent_channel_db, cancel_db,
+        )  # fmt: skip
     except AudioError as err:
         raise UploadError(400, str(err)) from None
     return DecodedUpload(clip, str(info.format), len(data))

@@ -31,9 +31,37 @@ PER_FOLD = re.compile(r"_fold\d+$")
 # manifest columns that become pair features when present
 META_COLUMNS = ("duration", "bytes", "frames", "sample_rate", "channels", "rms_dbfs", "snr_db")
 LOG_FLOOR = 1e-3
+# Named feature groups. "recording": how each clip was recorded, not who speaks in it (level,
+# SNR, file size, frames per byte, channels, sample rate); on Zalo these can be a real cue (same
+# phone, same session), for a deployed verifier they are a liability (the same person calls from
+# another phone or room), so the exported bundle's stacker leaves them out unless
+# ``export.recording_features``. "content": everything else (first-level scores, embedding
+# quality, durations, predicted gender, trial-graph features).
+RECORDING_FEATURES = frozenset(
+    {
+        "bytes_log_ratio", "frames_log_ratio", "bytes_per_second_log_ratio",
+        "same_sample_rate", "same_channels", "sample_rate_min", "sample_rate_max",
+        "rms_dbfs_min", "rms_dbfs_max", "rms_dbfs_gap", "snr_db_min", "snr_db_max", "snr_db_gap",
+    }
+)  # fmt: skip
+FEATURE_GROUPS = ("content", "recording")
 # quality columns with a point mass: a one-window clip's norm is exactly 1 up to float noise
 # (0.99999994, 1.0000001), and a stacker must not split on that noise; decimals kept
 ROUNDED = {"q_norm": 5}
+
+
+def feature_group(column: str) -> str:
+    """The named group of a pair-feature column: ``"recording"`` or ``"content"``.
+
+    >>> feature_group("rms_dbfs_gap"), feature_group("cnn__asnorm"), feature_group("duration_min")
+    ('recording', 'content', 'content')
+    """
+    return "recording" if column in RECORDING_FEATURES else "content"
+
+
+def content_columns(columns: list[str]) -> list[str]:
+    """``columns`` without the recording group, in their order."""
+    return [c for c in columns if feature_group(c) == "content"]
 
 
 class MissingIdError(KeyError):

@@ -13,15 +13,18 @@ Recipe
    (smaller spread than anything it was trained on; kept for score tables without fold columns).
 5. Several experiments: one stacker over all of them (``stack.average=none``), or one stacker
    per experiment whose predictions are averaged as probabilities or as normalised ranks.
-
 6. Trial-graph features (``stack.graph_features``): fold ``f``'s OOF rows and fold ``f``'s
    test view come from one graph per fold, fold ``f``'s held-out clips and the test clips under
    fold ``f``'s model (``graph.py``); no graph feature reads a label. The graph guard
    (:func:`graph_guard`) measures how far OOF and test graph features still differ, warns, and
    leaves a far-shifted group out of the graph stacker.
 7. The bundle's stacker: the same recipe without trial-graph features (a single served pair has
-   no graph; with ``stack.graph_features`` off it is the stacker itself), probabilities averaged.
-   Its predictions are the ``prob_bundle`` columns; ``stacker/`` holds its fold models as text.
+   no graph; with ``stack.graph_features`` off it is the stacker itself), probabilities averaged,
+   and without the recording-condition features (level, SNR, bytes, channels, sample rate:
+   ``features.RECORDING_FEATURES``) unless ``export.recording_features``. Both choices are
+   fitted, so ``metrics.json``'s ``bundle_stackers`` shows what leaving them out costs. The
+   served one's predictions are the ``prob_bundle`` columns; ``stacker/`` holds its fold
+   models as text.
 
 Labels: the stacker that predicts fold ``f`` is fitted and early-stopped on the other folds'
 OOF labels only, so fold ``f``'s OOF predictions do not depend on fold ``f``'s labels (a test
@@ -55,6 +58,7 @@ from .adversarial import adversarial_validation, write_adversarial
 from .features import (
     MissingIdError,
     audio_table,
+    content_columns,
     feature_table,
     metadata_features,
     pair_gender_features,
@@ -462,8 +466,10 @@ def _stack_group(
     meta: Metadata | None,
     cfg: ExperimentConfig,
     graphs: GraphViews | None = None,
+    recording: bool = True,
 ) -> CrossFit:
-    """Cross-fit one stacker over the experiments of ``group`` (+ metadata, graph features)."""
+    """Cross-fit one stacker over the experiments of ``group`` (+ metadata, graph features);
+    ``recording=False`` leaves the recording-condition features out (``features.py``)."""
     reference = group[0]
     features = feature_table({e.name: e.oof for e in group}, None if meta is None else meta.oof)
     views = test_views(group, meta, cfg)
@@ -474,6 +480,9 @@ def _stack_group(
             f: pd.concat([view, *(graphs[n][1][f] for n in names)], axis=1)
             for f, view in views.items()
         }
+    if not recording:
+        kept = content_columns(list(features.columns))
+        features, views = features[kept], {f: view[kept] for f, view in views.items()}
     folds = reference.oof["fold"].to_numpy()
     log.info("stacking %s: %d trials, %d features", [e.name for e in group], *features.shape)
     labels = reference.oof["label"].to_numpy(dtype=np.int64)
@@ -590,11 +599,26 @@ def run_stack(
         metrics["graph_adversarial_auc"] = guard.aucs
         metrics["graph_guard"] = guard.to_json()
     # the stacker an exported bundle serves: no trial-graph features (a single pair has no
-    # graph), probabilities averaged (a rank needs the whole test set)
+    # graph), probabilities averaged (a rank needs the whole test set), and the recording
+    # group only with export.recording_features; both choices' OOF figures are kept
     bundle_how = "probability" if how == "rank" else how
+    variants = {"with_recording": bundle}
+    if used_meta is not None:
+        variants["content_only"] = {
+            name: _stack_group(g, used_meta, cfg, recording=False)
+            for name, g in zip(fits, groups, strict=True)
+        }
+    served = "with_recording" if cfg.export.recording_features else "content_only"
+    bundle = variants.get(served, bundle)
     oof["prob_bundle"] = combine([f.oof for f in bundle.values()], bundle_how)
     test["prob_bundle"] = combine([f.test for f in bundle.values()], bundle_how)
-    metrics["bundle_stacker"] = summarise(oof["prob_bundle"].to_numpy(), labels)
+    metrics["bundle_stacker"] = summarise(oof["prob_bundle"].to_numpy(), labels) | {
+        "recording_features": cfg.export.recording_features
+    }
+    metrics["bundle_stackers"] = {
+        name: summarise(combine([f.oof for f in fitted.values()], bundle_how), labels)
+        for name, fitted in variants.items()
+    }
     stacker = bundle_stacker_files(bundle, groups, bundle_how, cfg)
     write_csv(out_dir / "oof_predictions.csv", oof)
     write_csv(out_dir / "test_predictions.csv", test)
@@ -681,7 +705,12 @@ def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     if cfg.stack.graph_features:
         inputs += [p for d in dirs for p in d.glob("fold*/embeddings.npz")]
     stamp = fingerprint(
-        STACK_VERSION, cfg.stack.model_dump(mode="json"), cfg.seed, names, files_fingerprint(inputs)
+        STACK_VERSION,
+        cfg.stack.model_dump(mode="json"),
+        cfg.seed,
+        names,
+        files_fingerprint(inputs),
+        cfg.export.recording_features,  # which bundle stacker the stack fits and writes
     )
     if not force and is_fresh(out_dir, "stack", stamp, [out_dir / f for f in STACK_OUTPUTS]):
         log.info("stack: unchanged, reusing %s", out_dir)
