@@ -169,14 +169,14 @@ def record_run(cfg: ExperimentConfig, stage: str, seconds: float) -> None:
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_json(path, record)
-    if cfg.tracking == "mlflow":
+    if cfg.tracking == "tensorboard":
         from src.config import flatten_settings
         from src.util.tracking import folder_metrics, log_run
 
         params = flatten_settings(cfg.model_dump(mode="json")) | {"changed": record.get("changed")}
         name = folder.name if folder == cfg.experiment_dir else f"{folder.name} ({cfg.run_name})"
         log_run(
-            cfg.paths.outputs / "mlruns",
+            cfg.paths.outputs / "tensorboard",
             str(cfg.paths.outputs),
             name,
             params,
