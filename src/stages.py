@@ -107,4 +107,5 @@ def record_run(cfg: ExperimentConfig, stage: str, seconds: float) -> None:
             name,
             params,
             folder_metrics(folder),
+            sorted(cfg.report_dir.glob("*.png")) if folder == cfg.stack_dir else [],
         )

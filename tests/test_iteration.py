@@ -149,6 +149,8 @@ def test_a_variant_never_overwrites_and_the_leaderboard_lists_both(tmp_path: Pat
     assert events.Scalars("oof/asnorm/eer")[0].value == pytest.approx(
         table.set_index("run").loc[variant.run_name, "oof_eer"]
     )
+    stack = runs[f"{variant.stack_dir.name} ({variant.run_name})"]
+    assert "figures/det" in EventAccumulator(str(stack)).Reload().Tags()["images"]
 
 
 def test_progress_is_logged_when_the_output_is_not_a_terminal(caplog, monkeypatch) -> None:

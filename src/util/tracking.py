@@ -4,9 +4,10 @@ The event files are written by ``torch.utils.tensorboard.SummaryWriter`` (the lo
 and 3D-Speaker use), so no file format is written by hand and nothing goes over the network.
 Each run becomes a folder ``<outputs>/tensorboard/<run name>`` holding each fold's training
 curves as stepped scalars (``fold0/loss`` per epoch ...), its OOF (and test) figures as scalars
-at step 0 (``oof/asnorm/eer`` ...) and, in ``hparams/``, its settings with those figures for
-tensorboard's HPARAMS tab. A run is rewritten as a whole each time one of its stages finishes,
-so reruns never duplicate it. View with ``tensorboard --logdir outputs/tensorboard``.
+at step 0 (``oof/asnorm/eer`` ...), a stack's report figures as images (``figures/det`` ...)
+and, in ``hparams/``, its settings with those figures for tensorboard's HPARAMS tab. A run is
+rewritten as a whole each time one of its stages finishes, so reruns never duplicate it.
+View with ``tensorboard --logdir outputs/tensorboard``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def log_run(
     name: str,
     params: dict[str, Any],
     metrics: dict[str, list[tuple[int, float]]],
+    figures: list[Path] | tuple[Path, ...] = (),
 ) -> Path:
     """Write (or rewrite) one run's tensorboard event files; returns its folder.
 
@@ -51,7 +53,11 @@ def log_run(
     metrics
         ``key -> [(step, value), ...]``; a key with one point at step 0 is a final figure and
         is also shown beside the hyper-parameters.
+    figures
+        PNG figures (the report's OOF DET curve, score histograms, training curves), each
+        logged as the image ``figures/<file stem>``.
     """
+    from matplotlib.image import imread
     from torch.utils.tensorboard import SummaryWriter
 
     folder = root / _safe_name(name)
@@ -62,6 +68,9 @@ def log_run(
         for key, points in metrics.items():
             for step, value in points:
                 writer.add_scalar(key, float(value), int(step))
+        for figure in figures:
+            image = imread(figure)  # (height, width, channels) floats in [0, 1]
+            writer.add_image(f"figures/{figure.stem}", image[..., :3], dataformats="HWC")
         finals = {
             f"hparam/{key}": float(points[0][1])
             for key, points in metrics.items()
