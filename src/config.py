@@ -479,8 +479,8 @@ class ExperimentConfig(Section):
     run: str | None = Field(None, description="first-level folder name under paths.outputs")
     variant: str | None = Field(None, description="suffix of stack, report and submission")
     seed: int = 42
-    tracking: Literal["none", "mlflow"] = Field(
-        "none", description="also log every run to <outputs>/mlruns (MLflow file store, offline)"
+    tracking: Literal["none", "tensorboard"] = Field(
+        "none", description="also log every run to <outputs>/tensorboard (tensorboard, offline)"
     )
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
@@ -504,6 +504,19 @@ class ExperimentConfig(Section):
         "extra is not installed is skipped with a warning",
     )
     checks: ChecksConfig = ChecksConfig()
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _mlflow_is_gone(cls, value: Any) -> Any:
+        """``tracking: mlflow`` (a hand-written MLflow file store) was replaced by tensorboard."""
+        if value == "mlflow":
+            raise ValueError(
+                "tracking: mlflow is no longer offered (it wrote MLflow's file store by hand); "
+                "use tracking: tensorboard and view it with "
+                "`tensorboard --logdir <outputs>/tensorboard`"
+            )
+        return value
+
     # where this config came from (file, overrides, result-changing settings): for run records
     _origin: dict[str, Any] = PrivateAttr(default_factory=dict)
 

@@ -132,7 +132,7 @@ def run_pipeline(
     cfg: ExperimentConfig, stages: list[str], force: bool = False, demo: bool = False
 ) -> dict[str, float]:
     """Run ``stages`` in order in this process; returns each stage's wall time in seconds."""
-    from src.cli import call_stage
+    from src.stages import call_stage
 
     if "prepare" in stages or not (cfg.paths.prep_dir / "manifest.csv").is_file():
         ensure_input(cfg, demo)

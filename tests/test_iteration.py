@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.cli import main
 from src.config import load_config
@@ -106,7 +107,7 @@ def _tiny_config_file(tmp_path: Path) -> Path:
     settings: dict = {}
     for text in (*TINY, "train.epochs=2", "train.steps_per_epoch=2", "data.workers=1",
                  f"paths.input={tmp_path / 'data'}", f"paths.outputs={tmp_path / 'outputs'}",
-                 f"paths.folds={tmp_path / 'folds'}", "tracking=mlflow"):  # fmt: skip
+                 f"paths.folds={tmp_path / 'folds'}", "tracking=tensorboard"):  # fmt: skip
         key, value = text.split("=", 1)
         *parents, leaf = key.split(".")
         node = settings
@@ -139,20 +140,17 @@ def test_a_variant_never_overwrites_and_the_leaderboard_lists_both(tmp_path: Pat
     assert len(pd.read_csv(base.paths.outputs / "leaderboard.csv")) == 4
     assert (base.report_dir / "training_curves.png").stat().st_size > 0
 
-    # the offline MLflow file store holds one run per first-level run and per stack
-    runs = {
-        (folder / "tags" / "mlflow.runName").read_text(): folder
-        for folder in (base.paths.outputs / "mlruns" / "1").iterdir()
-        if folder.is_dir()
-    }
+    # the offline tensorboard log holds one run per first-level run and per stack
+    runs = {folder.name: folder for folder in (base.paths.outputs / "tensorboard").iterdir()}
     assert len(runs) == 4 and {base.run_name, variant.run_name} <= set(runs)
-    tuned = runs[variant.run_name]
-    assert (tuned / "params" / "head.margin").read_text() == "0.3"
-    loss = (tuned / "metrics" / "fold0_loss").read_text().splitlines()
-    assert [line.split()[2] for line in loss] == ["1", "2"]  # one point per epoch
-    assert float((tuned / "metrics" / "oof_asnorm_eer").read_text().split()[1]) == pytest.approx(
+    events = EventAccumulator(str(runs[variant.run_name]))
+    events.Reload()
+    assert [e.step for e in events.Scalars("fold0/loss")] == [1, 2]  # one point per epoch
+    assert events.Scalars("oof/asnorm/eer")[0].value == pytest.approx(
         table.set_index("run").loc[variant.run_name, "oof_eer"]
     )
+    stack = runs[f"{variant.stack_dir.name} ({variant.run_name})"]
+    assert "figures/det" in EventAccumulator(str(stack)).Reload().Tags()["images"]
 
 
 def test_progress_is_logged_when_the_output_is_not_a_terminal(caplog, monkeypatch) -> None:

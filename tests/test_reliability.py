@@ -123,7 +123,8 @@ RAW_WRITE = re.compile(
 # files allowed to write directly, and why
 RAW_WRITE_ALLOWED = {
     "src/util/io.py": "the atomic writers themselves",
-    "src/data/demo.py": "writes the input data set (one buffered write per clip), no stage output",
+    "src/data/demo_layout.py": "writes the input data set (one buffered write per clip), no stage "
+    "output",
 }
 
 

@@ -1,44 +1,32 @@
-"""Optional offline experiment log in MLflow's file-store layout (``tracking: mlflow``).
+"""Optional offline experiment log through tensorboard (``tracking: tensorboard``).
 
-No MLflow package is needed to write it, and nothing goes over the network: each run becomes a
-folder under ``<outputs>/mlruns`` that ``mlflow ui --backend-store-uri <outputs>/mlruns`` (or
-``mlflow.search_runs``) reads: its settings as params, each fold's training curves as stepped
-metrics, its OOF (and test) figures as metrics. A run is rewritten as a whole each time one of
-its stages finishes, under an id derived from its name, so reruns never duplicate it.
-
-Layout (MLflow FileStore)::
-
-    mlruns/<experiment id>/meta.yaml
-    mlruns/<experiment id>/<run id>/meta.yaml
-    mlruns/<experiment id>/<run id>/params/<key>          value
-    mlruns/<experiment id>/<run id>/metrics/<key>         "<ms> <value> <step>" per line
-    mlruns/<experiment id>/<run id>/tags/mlflow.runName   run name
+The event files are written by ``torch.utils.tensorboard.SummaryWriter`` (the logger WeSpeaker
+and 3D-Speaker use), so no file format is written by hand and nothing goes over the network.
+Each run becomes a folder ``<outputs>/tensorboard/<run name>`` holding each fold's training
+curves as stepped scalars (``fold0/loss`` per epoch ...), its OOF (and test) figures as scalars
+at step 0 (``oof/asnorm/eer`` ...), a stack's report figures as images (``figures/det`` ...)
+and, in ``hparams/``, its settings with those figures for tensorboard's HPARAMS tab. A run is
+rewritten as a whole each time one of its stages finishes, so reruns never duplicate it.
+View with ``tensorboard --logdir outputs/tensorboard``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from src.util.io import write_text
-
-EXPERIMENT_ID = "1"  # one MLflow experiment per outputs folder ("0" is MLflow's Default)
-FINISHED = 3  # RunStatus.FINISHED
+def _safe_name(name: str) -> str:
+    """A run name as one folder name: path separators and odd characters become ``_``."""
+    return "".join(c if c.isalnum() or c in "_-. ()=," else "_" for c in name).strip(". ") or "_"
 
 
-def _safe_key(key: str) -> str:
-    """MLflow keys allow letters, digits, ``_ - . /`` and spaces; anything else becomes ``_``."""
-    return "".join(c if c.isalnum() or c in "_-. " else "_" for c in key)
-
-
-def run_id(name: str) -> str:
-    """A stable 32-hex id for a run name."""
-    return hashlib.md5(name.encode()).hexdigest()  # an id, not a secret
+def _hparam_value(value: Any) -> bool | int | float | str:
+    """Tensorboard's hparams take bool, int, float or str; anything else is shown as text."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def log_run(
@@ -47,66 +35,52 @@ def log_run(
     name: str,
     params: dict[str, Any],
     metrics: dict[str, list[tuple[int, float]]],
+    figures: list[Path] | tuple[Path, ...] = (),
 ) -> Path:
-    """Write (or rewrite) one run; returns its folder.
+    """Write (or rewrite) one run's tensorboard event files; returns its folder.
 
     Parameters
     ----------
     root
-        The ``mlruns`` folder.
+        The tensorboard log folder (``<outputs>/tensorboard``); one sub-folder per run.
     experiment
-        Name of the MLflow experiment that holds the run.
+        Name of the experiment (the outputs folder), logged as the ``experiment`` text.
     name
-        The run's name (its id is derived from it).
+        The run's name; its folder is this name with odd characters replaced by ``_``.
     params
-        Flat ``key -> value``.
+        Flat ``key -> value`` settings, logged as hyper-parameters (values that are not bool,
+        int, float or str are logged as their text).
     metrics
-        ``key -> [(step, value), ...]``.
+        ``key -> [(step, value), ...]``; a key with one point at step 0 is a final figure and
+        is also shown beside the hyper-parameters.
+    figures
+        PNG figures (the report's OOF DET curve, score histograms, training curves), each
+        logged as the image ``figures/<file stem>``.
     """
-    now = int(time.time() * 1000)
-    experiment_dir = root / EXPERIMENT_ID
-    if not (experiment_dir / "meta.yaml").is_file():
-        write_text(
-            experiment_dir / "meta.yaml",
-            yaml.safe_dump(
-                {
-                    "artifact_location": experiment_dir.resolve().as_uri(),
-                    "creation_time": now,
-                    "experiment_id": EXPERIMENT_ID,
-                    "last_update_time": now,
-                    "lifecycle_stage": "active",
-                    "name": experiment,
-                }
-            ),
-        )
-    identifier = run_id(name)
-    folder = experiment_dir / identifier
+    from matplotlib.image import imread
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = root / _safe_name(name)
     shutil.rmtree(folder, ignore_errors=True)
-    meta = {
-        "artifact_uri": (folder / "artifacts").resolve().as_uri(),
-        "end_time": now,
-        "entry_point_name": "",
-        "experiment_id": EXPERIMENT_ID,
-        "lifecycle_stage": "active",
-        "run_id": identifier,
-        "run_name": name,
-        "run_uuid": identifier,
-        "source_name": "",
-        "source_type": 4,
-        "source_version": "",
-        "start_time": now,
-        "status": FINISHED,
-        "tags": [],
-        "user_id": "pipeline",
-    }
-    write_text(folder / "meta.yaml", yaml.safe_dump(meta))
-    (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-    write_text(folder / "tags" / "mlflow.runName", name)
-    for key, value in params.items():
-        write_text(folder / "params" / _safe_key(key), str(value)[:6000])
-    for key, points in metrics.items():
-        lines = "".join(f"{now} {float(value)!r} {int(step)}\n" for step, value in points)
-        write_text(folder / "metrics" / _safe_key(key), lines)
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        writer.add_text("experiment", experiment)
+        writer.add_text("run", name)
+        for key, points in metrics.items():
+            for step, value in points:
+                writer.add_scalar(key, float(value), int(step))
+        for figure in figures:
+            image = imread(figure)  # (height, width, channels) floats in [0, 1]
+            writer.add_image(f"figures/{figure.stem}", image[..., :3], dataformats="HWC")
+        finals = {
+            f"hparam/{key}": float(points[0][1])
+            for key, points in metrics.items()
+            if len(points) == 1 and points[0][0] == 0
+        }
+        writer.add_hparams(
+            {key: _hparam_value(value) for key, value in params.items()},
+            finals,
+            run_name="hparams",
+        )
     return folder
 
 
