@@ -147,9 +147,12 @@ class BundleModel:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, root: Path, runtime: str = "torch") -> BundleModel:
-        """Check and load the bundle at ``root``; ``runtime="onnx"`` serves its ONNX fold models."""
+    def load(cls, root: Path, runtime: str = "torch", shown_as: Path | None = None) -> BundleModel:
+        """Check and load the bundle at ``root``; ``runtime="onnx"`` serves its ONNX fold models.
+        ``shown_as`` names it in log lines (export checks a bundle in its staging folder under
+        the name it will have)."""
         root = Path(root)
+        shown = shown_as or root
         manifest = verify_bundle(root)
         if runtime == "onnx" and not any(e["onnx_folds"] for e in manifest["experiments"].values()):
             raise BundleError(
@@ -175,10 +178,10 @@ class BundleModel:
         ]
         model = cls(root, manifest, stack_cfg, runs, stacker, groups, runtime)
         for warning in model.warnings:
-            log.warning("bundle %s: %s", root, warning)
+            log.warning("bundle %s: %s", shown, warning)
         log.info(
             "loaded bundle %s: runs %s, threshold %.4f (%s), runtime %s",
-            root,
+            shown,
             [r.name for r in runs],
             model.threshold,
             manifest["threshold"]["policy"],

@@ -87,7 +87,7 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         manifest = describe(cfg, stacker, configs, experiments, staging) | {"source": stamp}
         write_json(staging / MANIFEST, manifest)
         if cfg.export.invariance_pairs:  # the finished bundle, answering altered clips
-            manifest["invariance"] = check_invariance(cfg, staging)
+            manifest["invariance"] = check_invariance(cfg, staging, out)
             write_json(staging / MANIFEST, manifest)
         replace_folder(staging, out)
     finally:
@@ -120,10 +120,11 @@ def bundle_fingerprint(cfg: ExperimentConfig, sources: list[Path]) -> str:
 INVARIANCE_FILE = "invariance.csv"
 
 
-def check_invariance(cfg: ExperimentConfig, root: Path) -> dict[str, Any]:
+def check_invariance(cfg: ExperimentConfig, root: Path, shown_as: Path) -> dict[str, Any]:
     """Re-answer ``export.invariance_pairs`` test pairs (a seeded sample) with the bundle at
-    ``root``, the second clip altered (``invariance.py``); writes ``root/invariance.csv`` and
-    returns the per-alteration summary for the manifest (and the report)."""
+    ``root`` (logged as ``shown_as``), the second clip altered (``invariance.py``); writes
+    ``root/invariance.csv`` and returns the per-alteration summary for the manifest (and the
+    report)."""
     from src.data.cache import AudioCache
 
     from .ensemble import BundleModel
@@ -139,7 +140,7 @@ def check_invariance(cfg: ExperimentConfig, root: Path) -> dict[str, Any]:
     tests = cache.manifest[cache.manifest["split"] == "test"].set_index("name")["id"]
     names = sorted(set(pairs["audio_1"]) | set(pairs["audio_2"]))
     waves = {name: cache.samples(tests[name]) for name in names}
-    table = invariance_table(BundleModel.load(root), waves, pairs)
+    table = invariance_table(BundleModel.load(root, shown_as=shown_as), waves, pairs)
     write_csv(root / INVARIANCE_FILE, table)
     summary = summarise_invariance(table)
     log.info(
