@@ -374,3 +374,21 @@ def test_optimised_steps_match_plain_references() -> None:
         expected = np.where(low == high, 1.0, 1.0 - cophenet(tree)[np.maximum(condensed, 0)])
         np.testing.assert_array_equal(tree_similarity(tree, n, left, right), expected)
         assert (left == right).any()
+
+
+def test_nearest_on_a_large_graph_matches_a_full_sort_with_ties() -> None:
+    """Above ``2 * NEAR_SAMPLE`` clips the rows are cut to sampled candidates first: the same
+    neighbours as a full stable sort, duplicated clips (tied similarities) included."""
+    from src.stacking.graph import NEAR_SAMPLE
+
+    rng = np.random.default_rng(43)
+    n = 2 * NEAR_SAMPLE + 60
+    vectors = rng.normal(size=(n, 24)).astype(np.float32)
+    vectors[100:180] = vectors[0]  # 81 copies of one clip: ties across the 64th neighbour
+    vectors[n - 30 :] = vectors[1]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = similarity(vectors)
+    for k in (1, 10, 64):
+        np.testing.assert_array_equal(
+            nearest(sims, k), np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        )

@@ -46,7 +46,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from threadpoolctl import threadpool_limits
 
 CHUNK = 4096  # pairs per block of the second-order features (memory ~ CHUNK * dims)
-PATH_BLOCK = 128  # pairs per block of two-hop paths: 2 x 128 rows of a 2,789-clip graph, 3 MB
+NEAR_SAMPLE = 1024  # columns sampled to bound each row's k-th nearest neighbour from below
 RANK_CAP = 64  # neighbour ranks are counted up to here (a rank beyond reads as RANK_CAP + 1)
 
 
@@ -91,19 +91,25 @@ def capped_ranks(
 def two_hop(sims: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``max_c min(S[a,c], S[c,b])`` over third clips c (a and b excluded), exactly.
 
-    Both clips' whole rows are read, ``PATH_BLOCK`` pairs at a time so the rows stay in the
-    CPU cache, pairs sorted by their lower clip so consecutive blocks reread the same rows: on a
-    2,789-clip graph, 53 ms for 50,000 pairs, against 170 ms when each clip's nearest
-    neighbours were searched first and whole rows read only for the pairs they left open. The
-    diagonal's -inf leaves out c = a and c = b.
+    Both clips' whole rows are read: the pairs are grouped by their lower clip, whose row is
+    read once and set against its partners' rows (a 4,900-clip graph with 70,000 pairs: 0.19 s,
+    against 0.23 s for blocks of pairs that gather both rows of each pair, and 3x that when
+    each clip's nearest neighbours were searched first and whole rows read only for the pairs
+    they left open). The diagonal's -inf leaves out c = a and c = b.
     """
+    if left.size == 0:
+        return np.empty(0, dtype=np.float64)
     low, high = np.minimum(left, right), np.maximum(left, right)
     order = np.lexsort((high, low))
     low, high = low[order], high[order]
+    bounds = np.flatnonzero(np.diff(low)) + 1
     paths = np.empty(left.size, dtype=np.float64)
-    for start in range(0, left.size, PATH_BLOCK):
-        a, b = low[start : start + PATH_BLOCK], high[start : start + PATH_BLOCK]
-        paths[start : start + PATH_BLOCK] = np.minimum(sims[a], sims[b]).max(axis=1)
+    for start, stop in zip(
+        np.r_[0, bounds].tolist(), np.r_[bounds, low.size].tolist(), strict=True
+    ):
+        rows = sims[high[start:stop]]  # a copy: the partners' rows
+        np.minimum(rows, sims[low[start]], out=rows)
+        paths[start:stop] = rows.max(axis=1)
     out = np.empty(left.size, dtype=np.float64)
     out[order] = paths
     return out
@@ -219,11 +225,44 @@ def second_order_features(
 
 
 def nearest(sims: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each clip's ``k`` nearest neighbours, nearest first."""
-    n = sims.shape[1]
-    part = np.argpartition(sims, n - k, axis=1)[:, n - k :]  # no negated copy of the matrix
-    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    """Indices of each clip's ``k`` nearest neighbours, nearest first, equal similarities in
+    the order of the clips (a full stable sort of each row, read to its ``k``-th).
+
+    On a large graph the rows are first cut to their candidates: the ``k``-th largest of an
+    evenly spaced sample of ``NEAR_SAMPLE`` columns is at most the row's ``k``-th largest, so
+    every neighbour lies at or above it (about ``k * n / NEAR_SAMPLE`` candidates a row); on a
+    4,900-clip graph 0.15 s instead of 0.23 s for a partition of the whole matrix.
+    """
+    rows, n = sims.shape
+    stride = n // NEAR_SAMPLE
+    if k < 1 or stride < 2 or 4 * k > NEAR_SAMPLE:
+        return _first_k(sims, np.broadcast_to(np.arange(n), sims.shape), k)
+    sample = sims[:, ::stride]
+    floor = np.partition(sample, sample.shape[1] - k, axis=1)[:, sample.shape[1] - k]
+    row, column = np.nonzero(sims >= floor[:, None])  # column increases along each row
+    counts = np.bincount(row, minlength=rows)
+    slot = np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    index = np.full((rows, int(counts.max())), n, dtype=np.int64)  # padding: after every clip
+    values = np.full(index.shape, -np.inf, dtype=sims.dtype)
+    index[row, slot] = column
+    values[row, slot] = sims[row, column]
+    return _first_k(values, index, k)
+
+
+def _first_k(values: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
+    """``index`` of each row's ``k`` largest ``values`` (rows of shape (m,), ``index``
+    increasing along each row), largest first, ties by ``index``: a row's stable sort, read to
+    its ``k``-th, without sorting the whole row. Rows whose ``k``-th value is tied with one left
+    out (which one is left out is arbitrary in a partition) are sorted whole."""
+    width = values.shape[1]
+    part = np.argpartition(values, width - k, axis=1)[:, width - k :]
+    top, ids = np.take_along_axis(values, part, axis=1), np.take_along_axis(index, part, axis=1)
+    order = np.lexsort((ids, -top), axis=1)
+    chosen = np.take_along_axis(ids, order, axis=1)
+    kth = np.take_along_axis(top, order[:, -1:], axis=1)
+    for row in np.flatnonzero(np.count_nonzero(values >= kth, axis=1) > k):
+        chosen[row] = index[row, np.argsort(-values[row], kind="stable")[:k]]
+    return chosen
 
 
 def _spread(name: str, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
