@@ -344,3 +344,51 @@ def test_a_grown_test_graph_does_not_cost_accuracy(tmp_path, factor: int) -> Non
     )
     assert result.metrics["graph_guard"]["graph_clips"]["fold0"]["test"] == 192 * factor
     assert with_graph >= without, (with_graph, without)
+
+
+def test_optimised_steps_match_plain_references() -> None:
+    """The fast paths give the plain definitions on a small graph: the similarity of one
+    product per model set, each clip's neighbours by a full sort, and the merge heights of
+    scipy's whole cophenetic matrix (a speaker-structured graph and one without structure)."""
+    from scipy.cluster.hierarchy import cophenet
+
+    from src.stacking.graph import cluster_tree, tree_similarity
+
+    structured, _ = _speaker_vectors(12, 6, 1.0, seed=40)
+    plain = np.random.default_rng(41).normal(size=(90, 16))
+    plain = (plain / np.linalg.norm(plain, axis=1, keepdims=True)).astype(np.float32)
+    rng = np.random.default_rng(42)
+    for vectors in (structured, plain):
+        n = vectors.shape[0]
+        sims = similarity(vectors)
+        reference = vectors.astype(np.float64) @ vectors.astype(np.float64).T
+        off = ~np.eye(n, dtype=bool)
+        np.testing.assert_allclose(sims[off], reference[off], atol=1e-6)
+        assert np.isneginf(np.diag(sims)).all()
+        k = 20
+        np.testing.assert_array_equal(nearest(sims, k), np.argsort(-sims, axis=1)[:, :k])
+        left, right = rng.integers(0, n, 500), rng.integers(0, n, 500)
+        tree = cluster_tree(sims)
+        low, high = np.minimum(left, right), np.maximum(left, right)
+        condensed = n * low - low * (low + 1) // 2 + (high - low - 1)
+        expected = np.where(low == high, 1.0, 1.0 - cophenet(tree)[np.maximum(condensed, 0)])
+        np.testing.assert_array_equal(tree_similarity(tree, n, left, right), expected)
+        assert (left == right).any()
+
+
+def test_nearest_on_a_large_graph_matches_a_full_sort_with_ties() -> None:
+    """Above ``2 * NEAR_SAMPLE`` clips the rows are cut to sampled candidates first: the same
+    neighbours as a full stable sort, duplicated clips (tied similarities) included."""
+    from src.stacking.graph import NEAR_SAMPLE
+
+    rng = np.random.default_rng(43)
+    n = 2 * NEAR_SAMPLE + 60
+    vectors = rng.normal(size=(n, 24)).astype(np.float32)
+    vectors[100:180] = vectors[0]  # 81 copies of one clip: ties across the 64th neighbour
+    vectors[n - 30 :] = vectors[1]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = similarity(vectors)
+    for k in (1, 10, 64):
+        np.testing.assert_array_equal(
+            nearest(sims, k), np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        )

@@ -42,11 +42,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import cophenet, fcluster, linkage
+from scipy.cluster.hierarchy import fcluster, linkage
 from threadpoolctl import threadpool_limits
 
 CHUNK = 4096  # pairs per block of the second-order features (memory ~ CHUNK * dims)
-PATH_BLOCK = 128  # pairs per block of two-hop paths: 2 x 128 rows of a 2,789-clip graph, 3 MB
+NEAR_SAMPLE = 1024  # columns sampled to bound each row's k-th nearest neighbour from below
 RANK_CAP = 64  # neighbour ranks are counted up to here (a rank beyond reads as RANK_CAP + 1)
 
 
@@ -65,8 +65,12 @@ class GraphSettings:
 
 
 def similarity(vectors: np.ndarray) -> np.ndarray:
-    """Cosine similarity of unit vectors, the diagonal set to -inf (a clip is no neighbour)."""
-    sims = vectors.astype(np.float32) @ vectors.astype(np.float32).T
+    """Cosine similarity of unit vectors, the diagonal set to -inf (a clip is no neighbour).
+
+    One float32 matrix times its own transpose: numpy then computes one triangle (BLAS
+    ``syrk``) and mirrors it, 40 % less time than two copies' general product."""
+    single = vectors.astype(np.float32)
+    sims = single @ single.T
     np.fill_diagonal(sims, -np.inf)
     return sims
 
@@ -87,19 +91,25 @@ def capped_ranks(
 def two_hop(sims: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``max_c min(S[a,c], S[c,b])`` over third clips c (a and b excluded), exactly.
 
-    Both clips' whole rows are read, ``PATH_BLOCK`` pairs at a time so the rows stay in the
-    CPU cache, pairs sorted by their lower clip so consecutive blocks reread the same rows: on a
-    2,789-clip graph, 53 ms for 50,000 pairs, against 170 ms when each clip's nearest
-    neighbours were searched first and whole rows read only for the pairs they left open. The
-    diagonal's -inf leaves out c = a and c = b.
+    Both clips' whole rows are read: the pairs are grouped by their lower clip, whose row is
+    read once and set against its partners' rows (a 4,900-clip graph with 70,000 pairs: 0.19 s,
+    against 0.23 s for blocks of pairs that gather both rows of each pair, and 3x that when
+    each clip's nearest neighbours were searched first and whole rows read only for the pairs
+    they left open). The diagonal's -inf leaves out c = a and c = b.
     """
+    if left.size == 0:
+        return np.empty(0, dtype=np.float64)
     low, high = np.minimum(left, right), np.maximum(left, right)
     order = np.lexsort((high, low))
     low, high = low[order], high[order]
+    bounds = np.flatnonzero(np.diff(low)) + 1
     paths = np.empty(left.size, dtype=np.float64)
-    for start in range(0, left.size, PATH_BLOCK):
-        a, b = low[start : start + PATH_BLOCK], high[start : start + PATH_BLOCK]
-        paths[start : start + PATH_BLOCK] = np.minimum(sims[a], sims[b]).max(axis=1)
+    for start, stop in zip(
+        np.r_[0, bounds].tolist(), np.r_[bounds, low.size].tolist(), strict=True
+    ):
+        rows = sims[high[start:stop]]  # a copy: the partners' rows
+        np.minimum(rows, sims[low[start]], out=rows)
+        paths[start:stop] = rows.max(axis=1)
     out = np.empty(left.size, dtype=np.float64)
     out[order] = paths
     return out
@@ -125,13 +135,44 @@ def tree_similarity(tree: np.ndarray, n: int, left: np.ndarray, right: np.ndarra
     """``1 -`` the cophenetic distance of each pair in an average-linkage tree of ``n`` clips:
     the cosine similarity at which the two clips first fall in one cluster (1 for a self-pair):
     every cut height at once, on the similarity scale of the cut heights.
+
+    The merge that first joins a and b is their lowest common ancestor in the tree, found by
+    binary lifting (jump pointers: each node's 2**j-th ancestor, the textbook method for
+    lowest common ancestors) for the asked pairs only: the same heights as scipy's
+    ``cophenet`` (it reads the same ``tree[:, 2]``) without its ``n (n - 1) / 2`` matrix
+    (12 M float64 on a 4,900-clip graph: 64 ms, against 7 ms for 70,000 pairs).
     """
-    low, high = np.minimum(left, right), np.maximum(left, right)
-    same = low == high
-    condensed = n * low - low * (low + 1) // 2 + (high - low - 1)  # scipy's condensed index
-    out = 1.0 - cophenet(tree)[np.where(same, 0, condensed)]
+    parent, depth = _tree_parents(tree, n)
+    levels = [parent]  # levels[j][v]: v's ancestor 2**j merges up (the root's is the root)
+    while (1 << len(levels)) <= int(depth.max()):
+        levels.append(levels[-1][levels[-1]])
+    u, v = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    u, v = np.where(depth[u] >= depth[v], u, v), np.where(depth[u] >= depth[v], v, u)  # u deeper
+    climb = depth[u] - depth[v]
+    for j, up in enumerate(levels):
+        u = np.where((climb >> j) & 1 == 1, up[u], u)
+    for up in reversed(levels):  # the highest ancestors of u and v that still differ
+        differ = up[u] != up[v]
+        u, v = np.where(differ, up[u], u), np.where(differ, up[v], v)
+    joined = np.where(u == v, u, parent[u])  # the lowest common ancestor, a merge (>= n)
+    same = np.asarray(left) == np.asarray(right)
+    out = 1.0 - tree[np.maximum(joined - n, 0), 2]
     out[same] = 1.0
     return out
+
+
+def _tree_parents(tree: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parent and depth (merges below the root) of each node of a scipy linkage ``tree`` of
+    ``n`` leaves: leaves ``0..n-1``, merge ``i`` is node ``n + i``, the root is its own parent."""
+    nodes = 2 * n - 1
+    parent = np.full(nodes, nodes - 1, dtype=np.int64)
+    children = tree[:, :2].astype(np.int64)
+    parent[children[:, 0]] = parent[children[:, 1]] = np.arange(n, nodes)
+    depth = np.zeros(nodes, dtype=np.int64)
+    merges = range(nodes - 1, n - 1, -1)  # parents come after their children
+    for merge, (first, second) in zip(merges, children[::-1].tolist(), strict=True):
+        depth[first] = depth[second] = depth[merge] + 1
+    return parent, depth
 
 
 def second_order_features(
@@ -164,8 +205,11 @@ def second_order_features(
     expanded = (single + single[members].sum(axis=1)) / np.float32(1 + members.shape[1])
     corr, expanded_sim = np.empty(left.size), np.empty(left.size)
     others = max(n - 2, 1)
+    # pairs in the order of their lower clip: consecutive pairs gather the same rows from the
+    # cache (a third less time on 70,000 pairs; each pair's arithmetic is unchanged)
+    order = np.lexsort((np.maximum(left, right), np.minimum(left, right)))
     for start in range(0, left.size, CHUNK):
-        a, b = left[start : start + CHUNK], right[start : start + CHUNK]
+        a, b = left[order[start : start + CHUNK]], right[order[start : start + CHUNK]]
         s_ab = np.where(a == b, self_sim[a], sims[a, b])
         low, high = np.minimum(a, b), np.maximum(a, b)  # one order: symmetric to the last bit
         covariance_all = np.einsum("ij,ij->i", projected[low], single[high]).astype(np.float64)
@@ -176,19 +220,52 @@ def second_order_features(
         var_b = (row_square[b] - self_sim[b] ** 2 - s_ab**2) / others - (sum_b / others) ** 2
         covariance = cross / others - sum_a * sum_b / others**2
         spread = np.sqrt(np.maximum(var_a, 1e-12) * np.maximum(var_b, 1e-12))
-        corr[start : start + CHUNK] = covariance / spread
-        expanded_sim[start : start + CHUNK] = np.einsum("ij,ij->i", expanded[a], expanded[b])
+        corr[order[start : start + CHUNK]] = covariance / spread
+        expanded_sim[order[start : start + CHUNK]] = np.einsum("ij,ij->i", expanded[a], expanded[b])
     corr = np.clip(corr, -1.0, 1.0) if n > 3 else np.zeros(left.size)
     corr[left == right] = 1.0
     return {"profile_corr": corr, "expanded_sim": expanded_sim}
 
 
 def nearest(sims: np.ndarray, k: int) -> np.ndarray:
-    """Indices of each clip's ``k`` nearest neighbours, nearest first."""
-    n = sims.shape[1]
-    part = np.argpartition(sims, n - k, axis=1)[:, n - k :]  # no negated copy of the matrix
-    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    """Indices of each clip's ``k`` nearest neighbours, nearest first, equal similarities in
+    the order of the clips (a full stable sort of each row, read to its ``k``-th).
+
+    On a large graph the rows are first cut to their candidates: the ``k``-th largest of an
+    evenly spaced sample of ``NEAR_SAMPLE`` columns is at most the row's ``k``-th largest, so
+    every neighbour lies at or above it (about ``k * n / NEAR_SAMPLE`` candidates a row); on a
+    4,900-clip graph 0.15 s instead of 0.23 s for a partition of the whole matrix.
+    """
+    rows, n = sims.shape
+    stride = n // NEAR_SAMPLE
+    if k < 1 or stride < 2 or 4 * k > NEAR_SAMPLE:
+        return _first_k(sims, np.broadcast_to(np.arange(n), sims.shape), k)
+    sample = sims[:, ::stride]
+    floor = np.partition(sample, sample.shape[1] - k, axis=1)[:, sample.shape[1] - k]
+    row, column = np.nonzero(sims >= floor[:, None])  # column increases along each row
+    counts = np.bincount(row, minlength=rows)
+    slot = np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    index = np.full((rows, int(counts.max())), n, dtype=np.int64)  # padding: after every clip
+    values = np.full(index.shape, -np.inf, dtype=sims.dtype)
+    index[row, slot] = column
+    values[row, slot] = sims[row, column]
+    return _first_k(values, index, k)
+
+
+def _first_k(values: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
+    """``index`` of each row's ``k`` largest ``values`` (rows of shape (m,), ``index``
+    increasing along each row), largest first, ties by ``index``: a row's stable sort, read to
+    its ``k``-th, without sorting the whole row. Rows whose ``k``-th value is tied with one left
+    out (which one is left out is arbitrary in a partition) are sorted whole."""
+    width = values.shape[1]
+    part = np.argpartition(values, width - k, axis=1)[:, width - k :]
+    top, ids = np.take_along_axis(values, part, axis=1), np.take_along_axis(index, part, axis=1)
+    order = np.lexsort((ids, -top), axis=1)
+    chosen = np.take_along_axis(ids, order, axis=1)
+    kth = np.take_along_axis(top, order[:, -1:], axis=1)
+    for row in np.flatnonzero(np.count_nonzero(values >= kth, axis=1) > k):
+        chosen[row] = index[row, np.argsort(-values[row], kind="stable")[:k]]
+    return chosen
 
 
 def _spread(name: str, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
