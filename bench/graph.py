@@ -37,7 +37,7 @@ from src.inference.embed import load_embeddings
 from src.inference.metrics import accuracy_at, balanced_threshold
 from src.stacking.inputs import align_experiments, load_experiment
 from src.stacking.stack import graph_group_aucs, load_graph_views, run_stack
-from src.stacking.submit import balanced_labels
+from src.stacking.threshold import balanced_labels
 from src.stacking.transitive import (
     choose_shares,
     decide,

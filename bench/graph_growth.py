@@ -39,7 +39,7 @@ from src.inference.embed import embed_clips, load_embeddings
 from src.inference.extractors import build_extractor
 from src.stacking import transitive
 from src.stacking.stack import run_stack
-from src.stacking.submit import balanced_labels
+from src.stacking.threshold import balanced_labels
 from src.util.io import write_json, write_npz
 from src.util.logs import setup_logging
 

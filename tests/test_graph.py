@@ -332,7 +332,7 @@ def test_a_grown_test_graph_does_not_cost_accuracy(tmp_path, factor: int) -> Non
     """The same test pairs, the test graph grown with unpaired clips of unseen speakers: the
     graph stack stays at least as accurate as the stack without graph features."""
     from src.stacking.stack import run_stack
-    from src.stacking.submit import balanced_labels
+    from src.stacking.threshold import balanced_labels
     from tests.fixtures.graph_inputs import write_graph_inputs
 
     options = dict(noise=1.6, clips_per_speaker=8, trials_per_fold=500, n_test_pairs=400)

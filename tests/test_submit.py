@@ -8,13 +8,8 @@ import pytest
 
 from src.config import config_from_dict
 from src.inference.metrics import best_accuracy, equal_error_rate
-from src.stacking.submit import (
-    SubmissionError,
-    apply_policy,
-    balanced_labels,
-    check_submission,
-    submit_stage,
-)
+from src.stacking.submit import SubmissionError, check_submission, submit_stage
+from src.stacking.threshold import apply_policy, balanced_labels
 
 
 def test_balanced_labels_exact_share_with_ties_by_row_order():

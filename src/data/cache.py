@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from src.data.audio import from_int16
-from src.data.prepare import CACHE_NAME
+
+CACHE_NAME = "audio.int16"  # the int16 cache of every decoded clip, in the prep folder
 
 TEXT_COLUMNS = ["id", "name", "path", "split", "speaker", "gender", "age", "md5", "status",
                 "duplicate_of", "downmix"]  # fmt: skip

@@ -41,6 +41,7 @@ from src.data.audio import (
     silence_reason,
     to_int16,
 )
+from src.data.cache import CACHE_NAME, read_manifest
 from src.data.pairs import DataLayoutError, clean_name, read_pair_list
 from src.data.sources import SOURCES_NAME, SourceCheck, check_sources, describe, write_records
 from src.data.zalo import (
@@ -57,7 +58,6 @@ from src.util.stage_cache import fingerprint, is_fresh, mark_done, mark_started,
 
 log = logging.getLogger(__name__)
 
-CACHE_NAME = "audio.int16"
 FALLBACK_NAME = "fallback_pairs.csv"  # test pairs naming a damaged file: answered by submit
 MANIFEST_COLUMNS = [
     "id", "name", "path", "split", "speaker", "gender", "age", "duration", "sample_rate",
@@ -177,8 +177,6 @@ def decode_settings(cfg: DataConfig) -> str:
 def reusable_clips(cfg: ExperimentConfig, check: SourceCheck) -> Reuse:
     """The previous run's clips that need no decoding: same decode settings, file content
     unchanged (same md5). Empty when the previous run did not finish or decoded otherwise."""
-    from src.data.cache import read_manifest  # cache.py imports this module
-
     prep_dir = cfg.paths.prep_dir
     cache_path = prep_dir / CACHE_NAME
     stamp = read_stamp(prep_dir, "prepare")

@@ -42,7 +42,7 @@ from src.stacking.inputs import (
     read_csv,
     read_test_pairs,
 )
-from src.stacking.submit import POLICIES, apply_policy, balanced_labels
+from src.stacking.threshold import POLICIES, apply_policy, balanced_labels
 from src.util.io import read_json, write_csv, write_json, write_text
 from src.util.stage_cache import files_fingerprint, fingerprint, is_fresh, mark_done, mark_started
 

@@ -36,7 +36,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from src.stacking.submit import balanced_labels
+from src.stacking.threshold import balanced_labels
 
 log = logging.getLogger(__name__)
 
