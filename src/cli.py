@@ -135,9 +135,11 @@ def run_tool(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
     elif args.stage == "leaderboard":
         from src.report.leaderboard import config_outputs, print_leaderboard
 
-        # without --config: every outputs folder the repo's configs write to
+        # with --config or a paths.outputs= override: that folder; else every outputs folder the
+        # repo's configs write to
+        named = args.config or any(o.startswith("paths.outputs=") for o in args.overrides)
         print_leaderboard(
-            [cfg.paths.outputs] if args.config else config_outputs(DEFAULT_RUN_CONFIG.parent)
+            [cfg.paths.outputs] if named else config_outputs(DEFAULT_RUN_CONFIG.parent)
         )
     else:
         from src.runner import run_pipeline, stage_range

@@ -195,3 +195,18 @@ def test_a_changed_submit_section_is_exported_and_served(tiny_bundle, tmp_path: 
     answers = BundleModel.load(edited.bundle_dir).answer(clips, expected[["audio_1", "audio_2"]])
     assert answers["label"].tolist() == expected["bundle_label"].tolist()
     assert 0 < expected["bundle_label"].mean() < 0.5
+
+
+def test_a_stacked_run_config_is_read_on_the_stacks_paths(tmp_path: Path) -> None:
+    """An outputs folder that was moved or copied: the run's saved ``config.yaml`` names the old
+    folder, and export reads the run on the stack's own ``paths`` (its files are where they are)."""
+    from src.config import config_to_yaml, load_config
+    from src.serve.export import run_config
+
+    old = load_config(Path("configs/demo.yaml"), ["paths.outputs=/nowhere/outputs"])
+    cfg = load_config(Path("configs/demo.yaml"), [f"paths.outputs={tmp_path}"])
+    (tmp_path / old.experiment).mkdir()
+    (tmp_path / old.experiment / "config.yaml").write_text(config_to_yaml(old), encoding="utf-8")
+    run = run_config(cfg, old.experiment)
+    assert run.paths == cfg.paths
+    assert run.experiment_dir == tmp_path / old.experiment

@@ -252,3 +252,11 @@ def test_a_cached_embed_builds_no_model(tiny_bundle, monkeypatch, caplog) -> Non
     with caplog.at_level(logging.INFO):
         assert embed.embed_stage(tiny_bundle, 0) == tiny_bundle.fold_dir(0) / "embeddings.npz"
     assert "unchanged, reusing" in caplog.text
+
+
+def test_leaderboard_without_config_reads_a_paths_outputs_override(tmp_path: Path, capsys) -> None:
+    """``leaderboard paths.outputs=X`` (no ``--config``) ranks the runs under X, not under the
+    repo's configs' folders (an override is never ignored)."""
+    _scored_run(tmp_path, "elsewhere", 0.12, 5)
+    assert main(["leaderboard", f"paths.outputs={tmp_path}"]) == 0
+    assert "elsewhere" in capsys.readouterr().out

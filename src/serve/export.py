@@ -185,7 +185,9 @@ def read_stacker(stack_dir: Path) -> dict[str, Any]:
 
 
 def run_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
-    """The resolved config a stacked run was scored with (``<outputs>/<run>/config.yaml``)."""
+    """The resolved config a stacked run was scored with (``<outputs>/<run>/config.yaml``), on
+    the stack's ``paths`` (every stacked run lives under them; an outputs folder that was moved
+    or copied keeps working although the saved config names the old one)."""
     path = cfg.paths.outputs / name / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(
@@ -193,6 +195,7 @@ def run_config(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
             "again; they save the run's config there (cached stages finish in seconds)"
         )
     run = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    run = run.model_copy(update={"paths": cfg.paths})
     if run.data.sample_rate != cfg.data.sample_rate:
         raise BundleError(
             f"{name} works at {run.data.sample_rate} Hz, the stack's config at "
