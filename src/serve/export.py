@@ -140,7 +140,8 @@ def check_invariance(cfg: ExperimentConfig, root: Path, shown_as: Path) -> dict[
     tests = cache.manifest[cache.manifest["split"] == "test"].set_index("name")["id"]
     names = sorted(set(pairs["audio_1"]) | set(pairs["audio_2"]))
     waves = {name: cache.samples(tests[name]) for name in names}
-    table = invariance_table(BundleModel.load(root, shown_as=shown_as), waves, pairs)
+    runtime = "onnx" if cfg.export.onnx else "torch"  # the runtime this bundle is served with
+    table = invariance_table(BundleModel.load(root, runtime, shown_as), waves, pairs)
     write_csv(root / INVARIANCE_FILE, table)
     summary = summarise_invariance(table)
     log.info(
