@@ -42,7 +42,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
@@ -127,76 +127,71 @@ class ModelQueue:
             self.pending -= 1
 
 
-def create_app(
-    model: BundleModel, serve: ServeConfig, checks: ChecksConfig | None = None
-) -> FastAPI:
-    """A FastAPI app serving ``model`` with the limits of ``serve``; ``checks`` (default: the
-    bundle's) sets when a clip gets a warning (``src/data/checks.py``)."""
-    max_file_bytes = int(serve.max_upload_mb * 2**20)
-    pair_body = 2 * max_file_bytes + MULTIPART_SLACK_BYTES
-    batch_body = serve.max_batch_files * max_file_bytes + MULTIPART_SLACK_BYTES
-    data = model.stack_cfg.data
-    # a clip the pipeline would truncate is refused instead: the answer would differ
-    max_seconds = min(serve.max_seconds, data.max_duration)
-    checks = checks if checks is not None else model.stack_cfg.checks
-    window = max(run.cfg.embed.window_seconds for run in model.runs)
-    queue = ModelQueue(serve.max_pending)
-    app = FastAPI(
-        title="Speaker verification",
-        description="Do two utterances come from the same speaker?",
-        version="2.0",
-    )
+class BundleService:
+    """What the routes do with a bundle: decode uploads, score a pair or a batch (on the model
+    queue's thread), and describe the bundle for ``/health``.
 
-    too_large = f"request too large: each file may be at most {serve.max_upload_mb:g} MB"
-    limits = {"/api/predict": pair_body, "/api/predict_batch": batch_body}
-    app.add_middleware(ContentLengthLimit, limits=limits, detail=too_large)
+    Parameters
+    ----------
+    model : BundleModel
+        The loaded bundle.
+    serve : ServeConfig
+        Upload limits (MB per file, seconds per clip, files and pairs per batch) and queue size.
+    checks : ChecksConfig
+        When a clip gets a warning (``src/data/checks.py``).
+    """
 
-    @app.exception_handler(StarletteHTTPException)
-    async def explain_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail
-        if exc.status_code == 413 and detail == "Content Too Large":  # a streamed body too large
-            detail = too_large
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+    def __init__(self, model: BundleModel, serve: ServeConfig, checks: ChecksConfig) -> None:
+        self.model, self.serve, self.checks = model, serve, checks
+        self.max_file_bytes = int(serve.max_upload_mb * 2**20)
+        self.data = model.stack_cfg.data
+        # a clip the pipeline would truncate is refused instead: the answer would differ
+        self.max_seconds = min(serve.max_seconds, self.data.max_duration)
+        self.window = max(run.cfg.embed.window_seconds for run in model.runs)
+        self.queue = ModelQueue(serve.max_pending)
 
-    def decode(field: str, payload: bytes) -> tuple[Clip, list[str]]:
+    def decode(self, field: str, payload: bytes) -> tuple[Clip, list[str]]:
         """One upload as a clip (UploadError names ``field``), and its warnings."""
+        data = self.data
         try:
             upload = decode_upload(
-                payload, model.sample_rate, max_seconds, data.min_duration, max_file_bytes,
-                data.downmix_silent_db, data.downmix_cancel_db,
+                payload, self.model.sample_rate, self.max_seconds, data.min_duration,
+                self.max_file_bytes, data.downmix_silent_db, data.downmix_cancel_db,
             )  # fmt: skip
         except UploadError as err:
             raise UploadError(err.status, f"{field}: {err}") from None
         facts = upload.facts()
-        said = recording_warnings(facts, checks, window, data.silence_dbfs)
+        said = recording_warnings(facts, self.checks, self.window, data.silence_dbfs)
         return Clip(upload.samples, facts), [f"{field}: {line}" for line in said]
 
-    def score_pair(uploads: dict[str, bytes]) -> Prediction:
+    def score_pair(self, uploads: dict[str, bytes]) -> Prediction:
+        """The answer for ``audio_1`` and ``audio_2`` (run on the model thread)."""
         started = time.perf_counter()
         clips, warnings = {}, []
         for field, payload in uploads.items():
-            clips[field], said = decode(field, payload)
+            clips[field], said = self.decode(field, payload)
             warnings += said
-        row = model.answer_pair(clips["audio_1"], clips["audio_2"])
+        row = self.model.answer_pair(clips["audio_1"], clips["audio_2"])
         log.debug("scored a pair in %.3f s", time.perf_counter() - started)
         return Prediction(
             label=int(row["label"]),
             probability=float(row["probability"]),
-            threshold=model.threshold,
-            scores=run_scores(model, row),
+            threshold=self.model.threshold,
+            scores=run_scores(self.model, row),
             warnings=warnings,
         )
 
-    def score_batch(uploads: dict[str, bytes], pairs: pd.DataFrame) -> BatchPrediction:
+    def score_batch(self, uploads: dict[str, bytes], pairs: pd.DataFrame) -> BatchPrediction:
+        """The answers for ``pairs`` of uploads; a clip that fails to decode fails its pairs."""
         clips, warnings, errors, by_file = {}, [], {}, {}
         for name, payload in uploads.items():
             try:
-                clips[name], by_file[name] = decode(name, payload)
+                clips[name], by_file[name] = self.decode(name, payload)
                 warnings += by_file[name]
             except UploadError as err:
                 errors[name] = str(err)
         bad = pairs["audio_1"].isin(errors) | pairs["audio_2"].isin(errors)
-        answered = model.answer(clips, pairs[~bad]) if (~bad).any() else pairs.iloc[:0]
+        answered = self.model.answer(clips, pairs[~bad]) if (~bad).any() else pairs.iloc[:0]
         results, rows = [], iter(answered.to_dict("records"))
         for a, b, failed in zip(pairs["audio_1"], pairs["audio_2"], bad, strict=True):
             if failed:
@@ -210,14 +205,15 @@ def create_app(
                     audio_2=b,
                     label=int(row["label"]),
                     probability=float(row["probability"]),
-                    scores=run_scores(model, row),
+                    scores=run_scores(self.model, row),
                     warnings=[w for n in dict.fromkeys((a, b)) for w in by_file[n]],
                 )
             )
-        return BatchPrediction(threshold=model.threshold, results=results, warnings=warnings)
+        return BatchPrediction(threshold=self.model.threshold, results=results, warnings=warnings)
 
-    @app.get("/health")
-    async def health() -> Health:
+    def health(self) -> Health:
+        """The bundle's identity, threshold, OOF EER, warnings and the requests waiting."""
+        model = self.model
         manifest = model.manifest
         oof = (manifest.get("oof") or {}).get("bundle_stacker") or {}
         return Health(
@@ -230,9 +226,60 @@ def create_app(
             threshold=model.threshold,
             threshold_source=str(manifest["threshold"]["source"]),
             oof_eer=oof.get("eer"),
-            pending=queue.pending,
+            pending=self.queue.pending,
             warnings=model.warnings,
         )
+
+    async def predict(self, uploads: dict[str, bytes]) -> Prediction:
+        """``/api/predict``: a bad upload is its 4xx, a pair the model cannot score a 422."""
+        try:
+            return await self.queue.run(self.score_pair, uploads)
+        except UploadError as err:
+            log.info("rejected upload (%d): %s", err.status, err)
+            raise HTTPException(err.status, detail=str(err)) from None
+        except ValueError as err:  # the model could not score a decodable pair
+            log.warning("could not score a pair: %s", err)
+            raise HTTPException(422, detail=str(err)) from None
+
+    async def predict_batch(self, files: list[UploadFile], pairs: str) -> BatchPrediction:
+        """``/api/predict_batch``: 413 for too many files or pairs, 400 for a bad pair list."""
+        if len(files) > self.serve.max_batch_files:
+            raise HTTPException(
+                413, detail=f"too many files: {len(files)} > {self.serve.max_batch_files}"
+            )
+        uploads: dict[str, bytes] = {}
+        sent: dict[str, str] = {}
+        for upload in files:
+            uploads[upload_name(upload.filename, sent)] = await upload.read()
+        table = parse_pairs(pairs, set(uploads), self.serve.max_batch_pairs)
+        try:
+            return await self.queue.run(self.score_batch, uploads, table)
+        except ValueError as err:
+            log.warning("could not score a batch: %s", err)
+            raise HTTPException(422, detail=str(err)) from None
+
+
+def create_app(
+    model: BundleModel, serve: ServeConfig, checks: ChecksConfig | None = None
+) -> FastAPI:
+    """A FastAPI app serving ``model`` with the limits of ``serve``; ``checks`` (default: the
+    bundle's) sets when a clip gets a warning (``src/data/checks.py``)."""
+    service = BundleService(model, serve, checks if checks is not None else model.stack_cfg.checks)
+    pair_body = 2 * service.max_file_bytes + MULTIPART_SLACK_BYTES
+    batch_body = serve.max_batch_files * service.max_file_bytes + MULTIPART_SLACK_BYTES
+    too_large = f"request too large: each file may be at most {serve.max_upload_mb:g} MB"
+    app = FastAPI(
+        title="Speaker verification",
+        description="Do two utterances come from the same speaker?",
+        version="2.0",
+    )
+    limits = {"/api/predict": pair_body, "/api/predict_batch": batch_body}
+    app.add_middleware(ContentLengthLimit, limits=limits, detail=too_large)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler(too_large))
+
+    @app.get("/health")
+    async def health() -> Health:
+        return service.health()
 
     @app.post(
         "/api/predict",
@@ -243,15 +290,9 @@ def create_app(
         audio_1: Annotated[UploadFile, File(description="first utterance")],
         audio_2: Annotated[UploadFile, File(description="second utterance")],
     ) -> Prediction:
-        uploads = {"audio_1": await audio_1.read(), "audio_2": await audio_2.read()}
-        try:
-            return await queue.run(score_pair, uploads)
-        except UploadError as err:
-            log.info("rejected upload (%d): %s", err.status, err)
-            raise HTTPException(err.status, detail=str(err)) from None
-        except ValueError as err:  # the model could not score a decodable pair
-            log.warning("could not score a pair: %s", err)
-            raise HTTPException(422, detail=str(err)) from None
+        return await service.predict(
+            {"audio_1": await audio_1.read(), "audio_2": await audio_2.read()}
+        )
 
     @app.post(
         "/api/predict_batch",
@@ -262,22 +303,23 @@ def create_app(
         files: Annotated[list[UploadFile], File(description="clips, known by file name")],
         pairs: Annotated[str, Form(description="CSV audio_1,audio_2 or JSON [[a, b], ...]")],
     ) -> BatchPrediction:
-        if len(files) > serve.max_batch_files:
-            raise HTTPException(
-                413, detail=f"too many files: {len(files)} > {serve.max_batch_files}"
-            )
-        uploads: dict[str, bytes] = {}
-        sent: dict[str, str] = {}
-        for upload in files:
-            uploads[upload_name(upload.filename, sent)] = await upload.read()
-        table = parse_pairs(pairs, set(uploads), serve.max_batch_pairs)
-        try:
-            return await queue.run(score_batch, uploads, table)
-        except ValueError as err:
-            log.warning("could not score a batch: %s", err)
-            raise HTTPException(422, detail=str(err)) from None
+        return await service.predict_batch(files, pairs)
 
     return app
+
+
+def http_error_handler(
+    too_large: str,
+) -> Callable[[Request, StarletteHTTPException], Awaitable[JSONResponse]]:
+    """Every HTTP error as ``{"detail": reason}``; a streamed body too large says the limit."""
+
+    async def explain_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 413 and detail == "Content Too Large":  # a streamed body too large
+            detail = too_large
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    return explain_http_error
 
 
 def run_scores(model: BundleModel, row: Any) -> dict[str, dict[str, float]]:

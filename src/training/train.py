@@ -36,6 +36,7 @@ from src.model_zoo.weights import has_pretrained_weights, load_initial_weights
 from src.training.batches import BalancedBatches, TrainingSet, steps_per_epoch
 from src.training.checkpoint import load_checkpoint, save_checkpoint
 from src.training.device import (
+    DistributedContext,
     autocast_dtype,
     barrier,
     broadcast_float,
@@ -349,7 +350,8 @@ def train_stage(
 ) -> Path:
     """Train fold ``fold``; returns the path of its best checkpoint.
 
-    ``split`` replaces the fold's own data (pretraining on a whole external corpus).
+    Set-up, resume, epoch loop, finish. ``split`` replaces the fold's own data (pretraining on a
+    whole external corpus).
     """
     out = cfg.fold_dir(fold)
     if cfg.extractor.kind != "cnn":
@@ -363,6 +365,45 @@ def train_stage(
         return out / "best.pt"
     # from here best.pt may be overwritten by this run: a kill must not leave it looking finished
     mark_started(out, "train")
+    run = set_up_run(cfg, fold, stamp, split)
+    state = resume_state(run, resume, force)
+    announce_run(run, state)
+    loop = EpochLoop.build(run, state)
+    while loop_continues(run, state):
+        train_one_epoch(run, state, loop)
+    if run.ctx.is_main:
+        mark_done(out, "train", stamp)
+    return out / "best.pt"
+
+
+@dataclass
+class TrainingRun:
+    """What one fold's training holds from set-up to finish (per process under ``torchrun``)."""
+
+    cfg: ExperimentConfig
+    fold: int
+    out: Path  # the fold's folder: last.pt, best.pt, history.csv, snapshots/
+    stamp: str  # training fingerprint: last.pt resumes only a run of the same one
+    device: torch.device
+    ctx: DistributedContext
+    split: FoldTrainingData
+    cache: AudioCache
+    data: TrainingSet
+    validation: ValidationSet | None  # None with train.selection=average
+    steps: int  # steps per epoch of this rank
+    modules: TrainingModule
+    optimiser: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None  # autocast dtype, None for float32
+    trainable: torch.nn.Module  # ``modules``, wrapped in DistributedDataParallel under torchrun
+
+
+def set_up_run(
+    cfg: ExperimentConfig, fold: int, stamp: str, split: FoldTrainingData | None
+) -> TrainingRun:
+    """Device and process group, seeds, the fold's data, model, optimiser, schedule, scaler."""
+    out = cfg.fold_dir(fold)
     device = pick_device(cfg.train.device)
     ctx = init_distributed(device)
     if ctx.enabled and device.type == "cuda":
@@ -391,129 +432,179 @@ def train_stage(
     scaler = make_grad_scaler(device, dtype)
     if cfg.train.speed.compile:
         modules.compile_embedder(cfg.train.speed.compile_backend, cfg.train.speed.compile_mode)
-    trainable = modules
+    trainable: torch.nn.Module = modules
     if ctx.enabled:
         trainable = DistributedDataParallel(
             modules, device_ids=[device.index] if device.type == "cuda" else None
         )
+    return TrainingRun(
+        cfg, fold, out, stamp, device, ctx, split, cache, data, validation, steps,
+        modules, optimiser, scheduler, scaler, dtype, trainable,
+    )  # fmt: skip
 
+
+def resume_state(run: TrainingRun, resume: bool, force: bool) -> dict[str, Any]:
+    """The loop's state (epoch, best EER, stale epochs, history): fresh, or that of ``last.pt``.
+
+    ``last.pt`` is resumed (weights, optimiser, schedule, scaler, generators) only when its
+    fingerprint matches the run's; unless ``force``, it is skipped otherwise.
+
+    Raises
+    ------
+    RuntimeError
+        ``resume`` and ``last.pt`` was trained with another config or data.
+    FileNotFoundError
+        ``resume`` and there is no ``last.pt``.
+    """
     state = {"epoch": 0, "best_eer": float("inf"), "stale": 0, "history": []}
-    last = out / "last.pt"
+    last = run.out / "last.pt"
     if not force and last.is_file():
-        saved = load_checkpoint(last, device)
-        if saved.get("fingerprint") == stamp:
-            modules.load_state_dict(saved["modules"])
-            optimiser.load_state_dict(saved["optimiser"])
-            scheduler.load_state_dict(saved["scheduler"])
-            if saved["scaler"] and scaler.is_enabled():  # empty when saved without fp16
-                scaler.load_state_dict(saved["scaler"])
+        saved = load_checkpoint(last, run.device)
+        if saved.get("fingerprint") == run.stamp:
+            run.modules.load_state_dict(saved["modules"])
+            run.optimiser.load_state_dict(saved["optimiser"])
+            run.scheduler.load_state_dict(saved["scheduler"])
+            if saved["scaler"] and run.scaler.is_enabled():  # empty when saved without fp16
+                run.scaler.load_state_dict(saved["scaler"])
             state = saved["state"]
             restore_rng(saved)
-            log.info("train fold %d: resuming after epoch %d", fold, state["epoch"])
+            log.info("train fold %d: resuming after epoch %d", run.fold, state["epoch"])
         elif resume:
             raise RuntimeError(f"{last} was trained with another config or data; use --force")
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint {last} to resume from")
-    if state["epoch"] == 0 and ctx.is_main:  # a fresh start: no weights of an earlier run
-        shutil.rmtree(out / "snapshots", ignore_errors=True)
-    if ctx.is_main:
-        write_text(out / "config.yaml", config_to_yaml(cfg))
-        log.info(
-            "train fold %d: %d speakers, %d clips, %s/epoch, %d params, device %s, "
-            "checkpoint by %s",
-            fold,
-            len(data.speakers),
-            len(data.ids),
-            plural(steps, "step"),
-            sum(p.numel() for p in modules.model.parameters()),
-            device,
-            selection_summary(cfg, split),
-        )
-    identity = {"speakers": data.speakers, "validation_speakers": split.validation_speakers}
-    batches = BalancedBatches(
-        data,
-        cache,
-        cfg.train,
-        cfg.data.sample_rate,
-        cfg.seed + fold,
-        state["epoch"],
-        [ctx.rank + ctx.world_size * i for i in range(steps)],
-        build_waveform_augment(cfg.augment, cfg.data.sample_rate),
-    )
-    # one loader for the run: with train.speed.persistent_workers its workers live across epochs
-    loader = DataLoader(
-        batches,
-        batch_size=None,
-        num_workers=cfg.train.workers,
-        **loader_options(device, cfg.train.workers, cfg.train.speed),
-    )
-    step = TrainStep(
-        trainable,
-        modules,
-        optimiser,
-        scheduler,
-        scaler,
-        device,
-        dtype,
-        cfg.train.grad_clip,
-        build_batch_augment(cfg.augment, cfg.data.sample_rate),
+    return state
+
+
+def announce_run(run: TrainingRun, state: dict[str, Any]) -> None:
+    """On the main rank: clear a fresh start's snapshots, write config.yaml, log the run."""
+    if not run.ctx.is_main:
+        return
+    if state["epoch"] == 0:  # a fresh start: no weights of an earlier run
+        shutil.rmtree(run.out / "snapshots", ignore_errors=True)
+    write_text(run.out / "config.yaml", config_to_yaml(run.cfg))
+    log.info(
+        "train fold %d: %d speakers, %d clips, %s/epoch, %d params, device %s, checkpoint by %s",
+        run.fold,
+        len(run.data.speakers),
+        len(run.data.ids),
+        plural(run.steps, "step"),
+        sum(p.numel() for p in run.modules.model.parameters()),
+        run.device,
+        selection_summary(run.cfg, run.split),
     )
 
-    early_stopping = validation is not None
-    first_epoch = state["epoch"]
-    while state["epoch"] < cfg.train.epochs and not (
-        early_stopping and state["stale"] >= cfg.train.patience
-    ):
-        epoch = state["epoch"]
-        started = time.perf_counter()
-        seed_everything(epoch_seed(cfg, fold, epoch, ctx.rank))
-        batches.set_epoch(epoch)
-        if loader.persistent_workers and epoch > first_epoch:
-            # a fresh loader iterator draws its workers' base seed from the global generator;
-            # a persistent one draws it once: draw here too, so the masks and dropout that
-            # follow are those of a run with a new loader per epoch (results do not change)
-            torch.empty((), dtype=torch.int64).random_()
-        totals = run_epoch(cfg, step, loader, epoch, epoch_seed(cfg, fold, epoch, ctx.rank))
-        val_eer = float("nan")
-        if validation is not None:
-            val_eer = broadcast_float(
-                validation.eer(modules.model, device) if ctx.is_main else 0.0, ctx
-            )
-        seconds = time.perf_counter() - started
-        state["epoch"] = epoch + 1
-        improved = validation is not None and val_eer < state["best_eer"]
-        state["stale"] = 0 if improved else state["stale"] + 1
-        if improved:
-            state["best_eer"] = val_eer
-        row = {
-            "epoch": epoch + 1,
-            **totals,
-            "val_eer": val_eer,
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": seconds,
-        }
-        state["history"].append(row)
-        if ctx.is_main:
-            log.info(
-                "fold %d epoch %d: loss %.3f acc %.3f%s (%.0f s)",
-                fold,
-                epoch + 1,
-                totals["loss"],
-                totals["accuracy"],
-                f" val EER {val_eer:.4f}" if validation is not None else "",
-                seconds,
-            )
-            if cfg.train.selection == "average" and state["epoch"] in averaged_epochs(
-                cfg.train.epochs, cfg.train.average_last
-            ):
-                save_checkpoint(snapshot_path(out, state["epoch"]), modules.model.state_dict())
-            kept = improved or (validation is None and state["epoch"] == cfg.train.epochs)
-            best = best_checkpoint(cfg, out, modules, state, identity) if kept else None
-            save_epoch(cfg, out, modules, optimiser, scheduler, scaler, state, stamp, best)
-        barrier(ctx)
+
+@dataclass
+class EpochLoop:
+    """The epoch loop's batches, loader and optimisation step, built once per run."""
+
+    batches: BalancedBatches
+    loader: DataLoader
+    step: TrainStep
+    first_epoch: int  # the epoch this process started (or resumed) at
+
+    @classmethod
+    def build(cls, run: TrainingRun, state: dict[str, Any]) -> EpochLoop:
+        cfg, ctx = run.cfg, run.ctx
+        batches = BalancedBatches(
+            run.data,
+            run.cache,
+            cfg.train,
+            cfg.data.sample_rate,
+            cfg.seed + run.fold,
+            state["epoch"],
+            [ctx.rank + ctx.world_size * i for i in range(run.steps)],
+            build_waveform_augment(cfg.augment, cfg.data.sample_rate),
+        )
+        # one loader for the run: with train.speed.persistent_workers its workers live across
+        # epochs
+        loader = DataLoader(
+            batches,
+            batch_size=None,
+            num_workers=cfg.train.workers,
+            **loader_options(run.device, cfg.train.workers, cfg.train.speed),
+        )
+        step = TrainStep(
+            run.trainable,
+            run.modules,
+            run.optimiser,
+            run.scheduler,
+            run.scaler,
+            run.device,
+            run.dtype,
+            cfg.train.grad_clip,
+            build_batch_augment(cfg.augment, cfg.data.sample_rate),
+        )
+        return cls(batches, loader, step, state["epoch"])
+
+
+def loop_continues(run: TrainingRun, state: dict[str, Any]) -> bool:
+    """Epochs left, and (with a validation set) fewer than ``train.patience`` stale ones."""
+    early_stopping = run.validation is not None
+    return state["epoch"] < run.cfg.train.epochs and not (
+        early_stopping and state["stale"] >= run.cfg.train.patience
+    )
+
+
+def train_one_epoch(run: TrainingRun, state: dict[str, Any], loop: EpochLoop) -> None:
+    """Train, validate and record one epoch; ``state`` moves on by one epoch."""
+    cfg, fold, ctx = run.cfg, run.fold, run.ctx
+    epoch = state["epoch"]
+    started = time.perf_counter()
+    seed_everything(epoch_seed(cfg, fold, epoch, ctx.rank))
+    loop.batches.set_epoch(epoch)
+    if loop.loader.persistent_workers and epoch > loop.first_epoch:
+        # a fresh loader iterator draws its workers' base seed from the global generator;
+        # a persistent one draws it once: draw here too, so the masks and dropout that
+        # follow are those of a run with a new loader per epoch (results do not change)
+        torch.empty((), dtype=torch.int64).random_()
+    totals = run_epoch(cfg, loop.step, loop.loader, epoch, epoch_seed(cfg, fold, epoch, ctx.rank))
+    val_eer = float("nan")
+    if run.validation is not None:
+        val_eer = broadcast_float(
+            run.validation.eer(run.modules.model, run.device) if ctx.is_main else 0.0, ctx
+        )
+    seconds = time.perf_counter() - started
+    state["epoch"] = epoch + 1
+    improved = run.validation is not None and val_eer < state["best_eer"]
+    state["stale"] = 0 if improved else state["stale"] + 1
+    if improved:
+        state["best_eer"] = val_eer
+    row = {
+        "epoch": epoch + 1,
+        **totals,
+        "val_eer": val_eer,
+        "lr": run.scheduler.get_last_lr()[0],
+        "seconds": seconds,
+    }
+    state["history"].append(row)
     if ctx.is_main:
-        mark_done(out, "train", stamp)
-    return out / "best.pt"
+        log.info(
+            "fold %d epoch %d: loss %.3f acc %.3f%s (%.0f s)",
+            fold,
+            epoch + 1,
+            totals["loss"],
+            totals["accuracy"],
+            f" val EER {val_eer:.4f}" if run.validation is not None else "",
+            seconds,
+        )
+        write_epoch_files(run, state, improved)
+    barrier(ctx)
+
+
+def write_epoch_files(run: TrainingRun, state: dict[str, Any], improved: bool) -> None:
+    """The main rank's files after an epoch: an averaging snapshot, best.pt when chosen, last.pt
+    and history.csv (``save_epoch``)."""
+    cfg, out, modules = run.cfg, run.out, run.modules
+    if cfg.train.selection == "average" and state["epoch"] in averaged_epochs(
+        cfg.train.epochs, cfg.train.average_last
+    ):
+        save_checkpoint(snapshot_path(out, state["epoch"]), modules.model.state_dict())
+    kept = improved or (run.validation is None and state["epoch"] == cfg.train.epochs)
+    identity = {"speakers": run.data.speakers, "validation_speakers": run.split.validation_speakers}
+    best = best_checkpoint(cfg, out, modules, state, identity) if kept else None
+    save_epoch(cfg, out, modules, run.optimiser, run.scheduler, run.scaler, state, run.stamp, best)
 
 
 def selection_summary(cfg: ExperimentConfig, split: FoldTrainingData) -> str:
