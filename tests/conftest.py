@@ -117,3 +117,20 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> ExperimentConfig:
         return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
     finally:
         torch.set_num_threads(threads)
+
+
+def train_killed_after_first_epoch(cfg, monkeypatch) -> None:
+    """Train fold 0 of ``cfg`` until ``save_epoch`` has written epoch 1, then stop it as a kill
+    would (``KeyboardInterrupt``); ``save_epoch`` is restored afterwards."""
+    import src.training.train as train_module
+
+    original_save = train_module.save_epoch
+
+    def save_then_die(*args, **kwargs):
+        original_save(*args, **kwargs)
+        raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(train_module, "save_epoch", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_stage(cfg, 0)
+    monkeypatch.setattr(train_module, "save_epoch", original_save)

@@ -37,7 +37,7 @@ from src.training.device import (
 from src.training.schedule import scaled_lr
 from src.training.step import CompileFallback, TrainStep
 from src.training.train import TrainingModule, fold_training_data, train_stage
-from tests.conftest import TINY, config_for, prepare_tiny
+from tests.conftest import TINY, config_for, prepare_tiny, train_killed_after_first_epoch
 
 CPU = torch.device("cpu")
 MODEL = TINY[:7]  # the tiny model settings (no data or training settings)
@@ -306,16 +306,7 @@ def test_cuda_resume_after_kill_is_exact(prepared: Path, tmp_path: Path, monkeyp
 
 def check_resume_is_exact(straight, killed, monkeypatch) -> None:
     expected = load_checkpoint(train_stage(straight, 0))["model"]
-    original_save = train_module.save_epoch
-
-    def save_then_die(*args, **kwargs):
-        original_save(*args, **kwargs)
-        raise KeyboardInterrupt("killed after epoch 1")
-
-    monkeypatch.setattr(train_module, "save_epoch", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_stage(killed, 0)
-    monkeypatch.setattr(train_module, "save_epoch", original_save)
+    train_killed_after_first_epoch(killed, monkeypatch)
     saved = load_checkpoint(killed.fold_dir(0) / "last.pt")
     assert saved["state"]["epoch"] == 1 and len(saved["cuda_rng"]) == torch.cuda.device_count()
     got = load_checkpoint(train_stage(killed, 0, resume=True))["model"]

@@ -20,12 +20,11 @@ import pandas as pd
 import pytest
 import torch
 
-import src.training.train as train_module
 from src.training.checkpoint import load_checkpoint
 from src.training.train import train_stage
 from src.util.stage_cache import stamp_path
 from tests.conftest import TINY as CORE
-from tests.conftest import config_for, prepare_tiny
+from tests.conftest import config_for, prepare_tiny, train_killed_after_first_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 8  # ~0.3 s each on one CPU thread: the kill lands after epoch 1 with epochs to spare
@@ -153,16 +152,7 @@ def test_killed_run_of_another_config_is_never_reused(
     other = cfg.model_copy(deep=True)
     other.train.lr = cfg.train.lr * 10
     other.train.epochs = 3
-    original_save = train_module.save_epoch
-
-    def save_then_die(*args, **kwargs):
-        original_save(*args, **kwargs)
-        raise KeyboardInterrupt("killed after epoch 1")
-
-    monkeypatch.setattr(train_module, "save_epoch", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_stage(other, 0)
-    monkeypatch.setattr(train_module, "save_epoch", original_save)
+    train_killed_after_first_epoch(other, monkeypatch)
     weights_b = load_checkpoint(best)["model"]
     assert any(not torch.equal(weights_b[key], weights_a[key]) for key in weights_a)
 
