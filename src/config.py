@@ -308,6 +308,13 @@ class TrainConfig(Section):
     freeze_epochs: float = Field(
         0.0, ge=0, description="epochs with the pretrained layers frozen (heads only) at first"
     )
+    pretrained_batchnorm: Literal["adapt", "frozen"] = Field(
+        "adapt",
+        description="batch-norm layers of a pretrained embedder after its freeze_epochs: adapt "
+        "(running statistics re-estimated on the training batches) or frozen (kept at the "
+        "pretrained statistics; their scale and shift still learn): small fine-tuning batches "
+        "otherwise replace the statistics the pretrained weights were trained with",
+    )
     frozen_layers: list[str] = Field(
         [],
         description="embedder parameter-name prefixes (e.g. encoder.head) kept frozen for the "

@@ -320,6 +320,51 @@ def test_fine_tuning_keeps_frozen_layers_and_moves_the_rest(tmp_path: Path) -> N
         )
 
 
+def test_head_only_epochs_and_frozen_batch_norm_keep_the_pretrained_statistics(
+    tmp_path: Path,
+) -> None:
+    """While train.freeze_epochs lasts, nothing of the pretrained embedder moves, batch-norm
+    running statistics included; with train.pretrained_batchnorm=frozen they stay at the
+    checkpoint's for the whole run while the weights (batch-norm scale and shift too) learn."""
+    from src.training.checkpoint import load_checkpoint
+    from src.training.train import train_stage
+    from tests.conftest import prepare_tiny
+
+    weights = small_checkpoint(tmp_path, embed_dim=32)
+    start = torch.load(weights, weights_only=True)
+    common = (
+        "model.architecture=campplus",
+        f"model.weights={weights}",
+        "model.embedding_dim=32",
+        "features.frontend=kaldi_fbank",
+        "features.n_mels=80",
+        "features.kaldi.scale=1.0",
+        "train.steps_per_epoch=2",
+        "train.batch_size=4",
+        "train.average_last=1",
+        "train.crop_seconds=[0.5,0.6]",
+        "train.freeze_epochs=1",
+    )
+    cfg = prepare_tiny(tmp_path, *common, "train.epochs=1")
+    still = load_checkpoint(train_stage(cfg, 0))["model"]
+    for name, value in start.items():
+        if "num_batches" not in name:
+            assert torch.equal(still[f"encoder.{name}"], value), name
+
+    for batchnorm, statistics_kept in (("frozen", True), ("adapt", False)):
+        train = cfg.train.model_copy(update={"epochs": 2, "pretrained_batchnorm": batchnorm})
+        tuned = cfg.model_copy(update={"train": train})
+        moved = load_checkpoint(train_stage(tuned, 0, force=True))["model"]
+        statistics = [n for n in start if n.endswith(("running_mean", "running_var"))]
+        assert statistics
+        for name in statistics:
+            assert torch.equal(moved[f"encoder.{name}"], start[name]) == statistics_kept, name
+        assert not torch.equal(
+            moved["encoder.xvector.block2.tdnnd1.linear1.weight"],
+            start["xvector.block2.tdnnd1.linear1.weight"],
+        )
+
+
 def test_zalo_configs_stack_campplus_only_when_its_extra_is_installed(monkeypatch) -> None:
     from src.training.large_margin import first_level_configs
 

@@ -42,13 +42,18 @@ def group_schedules(cfg: TrainConfig, steps_per_epoch: int, pretrained: bool) ->
     base = schedule_for(cfg, steps_per_epoch)
     if not pretrained:
         return [base, base]
-    frozen_steps = round(cfg.freeze_epochs * steps_per_epoch)
+    frozen_steps = still_steps(cfg, steps_per_epoch)
     scale = cfg.pretrained_lr_scale
 
     def embedder(step: int) -> float:
         return 0.0 if step < frozen_steps else scale * base(step)
 
     return [embedder, base]
+
+
+def still_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Global steps a pretrained embedder stands still for (``train.freeze_epochs``)."""
+    return round(cfg.freeze_epochs * steps_per_epoch)
 
 
 def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:

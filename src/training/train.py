@@ -47,7 +47,7 @@ from src.training.device import (
     optimiser_kernel,
     pick_device,
 )
-from src.training.schedule import group_schedules, scaled_lr
+from src.training.schedule import group_schedules, scaled_lr, still_steps
 from src.training.selection import (
     average_state_dicts,
     averaged_epochs,
@@ -154,6 +154,31 @@ class TrainingModule(torch.nn.Module):
         # the embedder's call in forward(): the module itself, or its torch.compile'd version
         # (train.speed.compile; not a submodule, so the state_dict keeps its keys)
         self.embed_call: CompileFallback | None = None
+        # a pretrained embedder: global steps it stands still for (train.freeze_epochs), and
+        # whether its batch-norm statistics stay frozen afterwards (train.pretrained_batchnorm)
+        self.still_steps, self.frozen_batchnorm, self.embedder_still = 0, False, False
+
+    def hold_pretrained(self, still_steps: int, frozen_batchnorm: bool) -> None:
+        """Keep a pretrained embedder standing still for its first ``still_steps`` global steps
+        (eval mode: no batch-norm statistic or dropout moves while only the heads learn), and,
+        with ``frozen_batchnorm``, its batch-norm layers in eval mode afterwards too."""
+        self.still_steps, self.frozen_batchnorm = still_steps, frozen_batchnorm
+        self.at_step(0)
+
+    def at_step(self, step: int) -> None:
+        """Set the embedder's mode for global step ``step`` (0-based) of the run."""
+        self.embedder_still = step < self.still_steps
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TrainingModule:
+        super().train(mode)
+        if mode and self.embedder_still:
+            self.model.eval()
+        elif mode and self.frozen_batchnorm:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def compile_embedder(self, backend: str, mode: str) -> None:
         """Route the embedder through ``torch.compile`` (eager again where it cannot compile).
@@ -310,6 +335,8 @@ def build_training_objects(
             )
         frozen = modules.model.freeze(cfg.train.frozen_layers)
         log.info("train.frozen_layers: %d parameter tensors stay frozen", len(frozen))
+    if not pretrained and cfg.train.pretrained_batchnorm != "adapt":
+        log.warning("train.pretrained_batchnorm applies to pretrained layers only; ignored")
     modules.to(device)
     heads = [p for name, p in modules.named_parameters() if not name.startswith("model.")]
     params = [
@@ -428,6 +455,10 @@ def set_up_run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, group_schedules(cfg.train, steps, pretrained)
     )
+    if pretrained:
+        modules.hold_pretrained(
+            still_steps(cfg.train, steps), cfg.train.pretrained_batchnorm == "frozen"
+        )
     dtype = autocast_dtype(device, cfg.train.amp, cfg.train.speed.amp_dtype)
     scaler = make_grad_scaler(device, dtype)
     if cfg.train.speed.compile:
@@ -676,6 +707,7 @@ def run_epoch(
     for index, (waves, labels, genders) in enumerate(
         progress(loader, f"epoch {epoch + 1}", unit="steps")
     ):
+        step.modules.at_step(step.scheduler.last_epoch)  # the scheduler counts global steps
         margin = margin_at_epoch(cfg.head, epoch + index / max(1, len(loader)))
         step.modules.head.set_margin(margin)
         totals.add(*step(waves, labels, genders, generator))
