@@ -67,7 +67,18 @@ class DataConfig(Section):
     extensions: list[str] = [".wav", ".flac", ".ogg", ".mp3"]
     min_duration: float = Field(0.1, ge=0, description="shorter clips are bad files (seconds)")
     max_duration: float = Field(900.0, gt=0, description="longer clips are truncated (seconds)")
-    silence_dbfs: float = Field(-80.0, description="train clips quieter than this are skipped")
+    silence_dbfs: float = Field(
+        -80.0,
+        description="clips quieter than this (RMS after DC removal) are unusable: a train clip "
+        "is skipped, a test file's pairs get the fallback answer, the API refuses it (422)",
+    )
+    min_speech_seconds: float = Field(
+        0.2,
+        ge=0,
+        description="test files and API uploads with less active speech than this (seconds) are "
+        "unusable: a test file's pairs get the fallback answer, the API refuses it (422); train "
+        "clips are kept (checks.min_speech_seconds only warns)",
+    )
     workers: int = Field(0, ge=0, description="decode processes; 0 = all cores")
     downmix_silent_db: float = Field(
         40.0,

@@ -137,11 +137,28 @@ def test_csv_duplicate_rows_and_extra_columns_are_logged(zalo_root, tmp_path, ca
     assert len(pd.read_csv(prep / "test_pairs.csv")) == 2
 
 
-def test_quiet_test_file_is_kept_with_warning(zalo_root, tmp_path, caplog) -> None:
+def test_silent_or_too_short_test_file_gets_the_fallback(zalo_root, tmp_path) -> None:
+    """The API's rule (src.data.audio.unusable_reason): such a file's pairs are not scored."""
     sf.write(zalo_root / "public-test" / "test001.wav", np.zeros(16000, np.float32), 16000)
-    with caplog.at_level("WARNING"):
-        manifest, _, _ = run_prepare(zalo_root, tmp_path)
-    assert "test001.wav" in set(manifest["name"]) and "near-silent" in caplog.text
+    write_tone(zalo_root / "public-test" / "test002.wav", seconds=0.15)
+    manifest, bad, prep = run_prepare(zalo_root, tmp_path)
+    assert not {"test001.wav", "test002.wav"} & set(manifest["name"])
+    reasons = dict(zip(bad["path"].map(lambda p: Path(p).name), bad["reason"], strict=True))
+    assert reasons["test001.wav"] == (
+        "silent: RMS -inf dBFS, peak 0 (< -80 dBFS, data.silence_dbfs): digital silence (every "
+        "sample is 0)"
+    )
+    assert (
+        reasons["test002.wav"] == "too short: 0.15 s of speech (< 0.2 s, data.min_speech_seconds)"
+    )
+    fallback = pd.read_csv(prep / "fallback_pairs.csv")
+    assert fallback["reason"].str.contains("test001.wav: silent|test002.wav: too short").all()
+    pairs = pd.read_csv(prep / "test_pairs.csv")
+    assert not {"test001.wav", "test002.wav"} & (set(pairs["audio_1"]) | set(pairs["audio_2"]))
+    # a train clip as short is kept: data.min_speech_seconds is about scoring
+    write_tone(zalo_root / "train" / "100-M-20" / "short.wav", seconds=0.15)
+    manifest, _, _ = run_prepare(zalo_root, tmp_path)
+    assert "short.wav" in set(manifest["name"])
 
 
 def test_resampling_and_long_clip_truncation(tmp_path: Path) -> None:

@@ -160,7 +160,8 @@ def test_clipping_is_measured_on_flat_tops_not_on_loudness(tmp_path) -> None:
 
 def test_out_of_range_clips_are_named_with_how_far_and_thresholds_are_settings(tmp_path) -> None:
     _, phone, _ = decode_file(tmp_path, voice(rate=8000), "phone", rate=8000)
-    _, short, _ = decode_file(tmp_path, voice(0.15), "short")
+    # 0.5 s: usable (data.min_speech_seconds is 0.2 s), shorter than the model's window
+    _, short, _ = decode_file(tmp_path, voice(0.5), "short")
     _, good, _ = decode_file(tmp_path, voice(3.0), "good")
     checks = ChecksConfig()
     assert recording_warnings(good, checks, 2.0, -80.0) == []
@@ -170,7 +171,7 @@ def test_out_of_range_clips_are_named_with_how_far_and_thresholds_are_settings(t
         "the voice"
     ]
     said = recording_warnings(short, checks, 2.0, -80.0)
-    assert len(said) == 1 and said[0].startswith("only 0.15 s of speech (< 2.00 s, the model's")
+    assert len(said) == 1 and said[0].startswith("only 0.50 s of speech (< 2.00 s, the model's")
     relaxed = ChecksConfig(min_sample_rate=8000, min_speech_seconds=0.1)
     assert recording_warnings(phone, relaxed, 2.0, -80.0) == []
     assert recording_warnings(short, relaxed, 2.0, -80.0) == []

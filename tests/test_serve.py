@@ -127,16 +127,40 @@ def test_missing_field_is_422(served) -> None:
     assert response.json()["detail"][0]["loc"] == ["body", "audio_2"]
 
 
-def test_silent_clip_is_scored_with_a_warning(served) -> None:
+def test_silent_clip_is_refused_with_its_level(served) -> None:
+    """prepare's rule (data.silence_dbfs): its test file would get the fallback, not a score."""
     client, _ = served
     response = predict(client, encode(voice()), encode(np.zeros(RATE, np.float32)))
-    assert response.status_code == 200, response.text
-    assert np.isfinite(response.json()["probability"])
-    said = response.json()["warnings"]
-    assert said == [
-        "audio_2: silent or nearly (< -80 dBFS): digital silence (every sample is 0); the score "
-        "is unreliable"
-    ]
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        "audio_2: not scored: silent: RMS -inf dBFS, peak 0 (< -80 dBFS, data.silence_dbfs): "
+        "digital silence (every sample is 0)"
+    )
+    hum = encode(voice() * np.float32(1e-4), subtype="FLOAT")  # about -95 dBFS: a muted input
+    clip = decode_upload(hum, RATE, max_seconds=10.0).clip
+    assert -100 < clip.rms_dbfs < -90 and clip.peak > 0
+    response = predict(client, hum, encode(voice()))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        f"audio_1: not scored: silent: RMS {clip.rms_dbfs:.1f} dBFS, peak {clip.peak:.2g} "
+        "(< -80 dBFS, data.silence_dbfs): almost no signal (a muted or disconnected microphone, "
+        "or a very quiet recording)"
+    )
+    assert predict(client, encode(voice()), encode(noise())).status_code == 200
+
+
+def test_too_short_clip_is_refused_and_a_short_one_is_warned(served) -> None:
+    """0.15 s of speech is under data.min_speech_seconds (0.2 s): refused; 0.5 s is scored with
+    today's warning (less speech than the model's window)."""
+    client, _ = served
+    response = predict(client, encode(voice(0.15)), encode(voice()))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        "audio_1: not scored: too short: 0.15 s of speech (< 0.2 s, data.min_speech_seconds)"
+    )
+    short = predict(client, encode(voice()), encode(voice(0.5)))
+    assert short.status_code == 200, short.text
+    assert short.json()["warnings"][0].startswith("audio_2: only 0.50 s of speech (< ")
 
 
 def test_concurrent_clients_get_the_same_answers(served) -> None:
@@ -165,6 +189,7 @@ def test_batch_embeds_each_clip_once_and_answers_like_single_pairs(served, monke
     assert seen == [3]  # one pass over the three good clips for three pairs
     assert [r["error"] is None for r in results] == [True, True, True, False]
     assert "c.flac" in results[3]["error"] and results[3]["label"] is None
+    assert response.json()["refused"] == 1
     single = predict(client, clips["a.wav"], clips["d.wav"]).json()
     # equal up to float noise: a clip embedded in another batch moves its cosines by ~1e-7,
     # which the blend's logistic member passes on (about 1e-9 here)
@@ -173,6 +198,32 @@ def test_batch_embeds_each_clip_once_and_answers_like_single_pairs(served, monke
         "/api/predict_batch", files=files, data={"pairs": '[["b.wav", "d.wav"]]'}
     ).json()
     assert as_json["results"][0]["probability"] == pytest.approx(results[2]["probability"])
+
+
+def test_batch_refuses_only_the_pairs_with_an_unusable_clip(served) -> None:
+    client, _ = served
+    clips = {"a.wav": encode(voice(seed=1)), "b.wav": encode(noise(seed=2))}
+    clips["silent.wav"] = encode(np.zeros(RATE, np.float32))
+    clips["short.wav"] = encode(voice(0.15, seed=3))
+    pairs = "audio_1,audio_2\na.wav,b.wav\na.wav,silent.wav\nshort.wav,b.wav\nb.wav,a.wav\n"
+    files = [("files", (name, data)) for name, data in clips.items()]
+    response = client.post("/api/predict_batch", files=files, data={"pairs": pairs})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    results = body["results"]
+    assert body["refused"] == 2
+    assert [r["label"] is None for r in results] == [False, True, True, False]
+    assert results[1]["error"] == (
+        "silent.wav: not scored: silent: RMS -inf dBFS, peak 0 (< -80 dBFS, data.silence_dbfs): "
+        "digital silence (every sample is 0)"
+    )
+    assert results[1]["probability"] is None and results[2]["probability"] is None
+    assert results[2]["error"] == (
+        "short.wav: not scored: too short: 0.15 s of speech (< 0.2 s, data.min_speech_seconds)"
+    )
+    single = predict(client, clips["a.wav"], clips["b.wav"]).json()
+    assert results[0]["error"] is None and results[0]["label"] == single["label"]
+    assert results[0]["probability"] == pytest.approx(single["probability"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

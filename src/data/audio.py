@@ -277,22 +277,66 @@ def decode_audio(
     silence_dbfs: float | None = -70.0,
     silent_channel_db: float = SILENT_CHANNEL_DB,
     cancel_db: float = CANCEL_DB,
+    min_speech_seconds: float | None = None,
 ) -> DecodedClip:
     """Decode, condition (DC removal, downmix), resample and validate one file.
 
-    Raises AudioError for unsupported, corrupt, empty, too short, non-finite or silent audio
-    (RMS below ``silence_dbfs`` once the DC offset is removed, the reason in the message;
-    ``None`` turns that check off). Clips longer than ``max_seconds`` are truncated
-    (``truncated`` is set).
+    Raises AudioError for unsupported, corrupt, empty, too short, non-finite audio, and for a
+    clip :func:`unusable_reason` refuses: silent (RMS below ``silence_dbfs`` once the DC offset
+    is removed) or with less active speech than ``min_speech_seconds`` (``None`` turns either
+    check off). Clips longer than ``max_seconds`` are truncated (``truncated`` is set).
     """
     data, info, truncated = read_channels(path, max_seconds)
     clip = describe_clip(
         data, int(info.samplerate), int(info.frames), target_rate, min_seconds, truncated,
         silent_channel_db, cancel_db,
     )  # fmt: skip
-    if silence_dbfs is not None and clip.rms_dbfs < silence_dbfs:
-        raise AudioError(f"silent: {silence_reason(clip.rms_dbfs, clip.peak, clip.dc_offset)}")
+    reason = unusable_reason(clip, silence_dbfs, min_speech_seconds)
+    if reason is not None:
+        raise AudioError(reason)
     return clip
+
+
+def unusable_reason(
+    clip: DecodedClip, silence_dbfs: float | None, min_speech_seconds: float | None
+) -> str | None:
+    """Why a clip must not be scored, or ``None`` when it may be: the one rule for ``prepare``
+    (a silent train clip is skipped; a silent or too short test file's pairs get the fallback
+    answer) and the API (such an upload gets a 422).
+
+    Parameters
+    ----------
+    clip
+        The decoded clip (:func:`describe_clip`): its RMS and peak after DC removal, the offset
+        removed and its seconds of active speech (:func:`speech_seconds`), unrounded.
+    silence_dbfs
+        ``data.silence_dbfs``: a clip with a lower RMS (dBFS) is silent; ``None``: not checked.
+    min_speech_seconds
+        ``data.min_speech_seconds``: a clip with fewer seconds of active speech is too short;
+        ``None``: not checked.
+
+    >>> silent = describe_clip(np.zeros(16000, np.float32), 16000, 16000, 16000, 0.1)
+    >>> print(unusable_reason(silent, -80.0, 0.2))  # doctest: +NORMALIZE_WHITESPACE
+    silent: RMS -inf dBFS, peak 0 (< -80 dBFS, data.silence_dbfs):
+    digital silence (every sample is 0)
+    >>> tone = np.sin(np.arange(2400, dtype=np.float32) / 4)  # 0.15 s
+    >>> unusable_reason(describe_clip(tone, 16000, 2400, 16000, 0.1), -80.0, 0.2)
+    'too short: 0.15 s of speech (< 0.2 s, data.min_speech_seconds)'
+    """
+    rms, peak = clip.rms_dbfs, clip.peak
+    if silence_dbfs is not None and rms < silence_dbfs:
+        cause = silence_cause(peak, clip.dc_offset)
+        return (
+            f"silent: RMS {rms:.1f} dBFS, peak {peak:.2g} (< {silence_dbfs:g} dBFS, "
+            f"data.silence_dbfs): {cause}"
+        )
+    speech = clip.speech_seconds
+    if min_speech_seconds is not None and speech < min_speech_seconds:
+        return (
+            f"too short: {speech:.2f} s of speech (< {min_speech_seconds:g} s, "
+            "data.min_speech_seconds)"
+        )
+    return None
 
 
 def describe_clip(
@@ -348,14 +392,23 @@ def silence_reason(rms: float, peak: float, dc_offset: float) -> str:
     >>> silence_reason(float("-inf"), 0.0, 0.05)
     'only a constant DC offset of +0.0500 (no signal once it is removed)'
     """
+    cause = silence_cause(peak, dc_offset)
+    return cause if peak <= 0.0 else f"RMS {rms:.1f} dBFS, peak {peak:.2g}: {cause}"
+
+
+def silence_cause(peak: float, dc_offset: float) -> str:
+    """The likely cause of a (nearly) silent clip, in words, from its peak and DC offset.
+
+    >>> silence_cause(0.0, 0.0)
+    'digital silence (every sample is 0)'
+    """
     if peak <= 0.0 and abs(dc_offset) > 0.0:
         return f"only a constant DC offset of {dc_offset:+.4f} (no signal once it is removed)"
     if peak <= 0.0:
         return "digital silence (every sample is 0)"
     removed = f"; a DC offset of {dc_offset:+.4f} was removed" if abs(dc_offset) >= 1e-3 else ""
     return (
-        f"RMS {rms:.1f} dBFS, peak {peak:.2g}: almost no signal (a muted or disconnected "
-        f"microphone, or a very quiet recording{removed})"
+        f"almost no signal (a muted or disconnected microphone, or a very quiet recording{removed})"
     )
 
 

@@ -1,8 +1,11 @@
 """Warnings for clips outside the range the model was built for.
 
-A score is still given for such a clip (a verifier must answer), but the caller is told why it is
-less reliable: in the API's ``warnings`` (``/api/predict`` and ``/api/predict_batch``) and per
-test file in the report. Each warning comes from the facts ``prepare`` records about a file
+A score is still given for such a clip, but the caller is told why it is less reliable: in the
+API's ``warnings`` (``/api/predict`` and ``/api/predict_batch``) and per test file in the report.
+(A clip that must not be scored at all, silent below ``data.silence_dbfs`` or with less speech
+than ``data.min_speech_seconds``, never gets this far: ``src.data.audio.unusable_reason`` sends a
+test file's pairs to the fallback answer and the API refuses it with a 422.) Each warning comes
+from the facts ``prepare`` records about a file
 (``src.data.audio.clip_facts``: the manifest's columns, and the same facts of an upload):
 
 - recorded below ``checks.min_sample_rate`` (16 kHz): band-limited (an 8 kHz telephone clip has
@@ -11,7 +14,9 @@ test file in the report. Each warning comes from the facts ``prepare`` records a
   ``embed.window_seconds``): the embedding of a fraction of a window is noisy, with how short;
 - more than ``checks.max_clipped_share`` of samples clipped (flat tops at the peak);
 - near-silence (RMS below ``checks.silence_dbfs``, default ``data.silence_dbfs``), with the real
-  reason (digital silence, a constant DC offset and nothing else, or a very low level);
+  reason (digital silence, a constant DC offset and nothing else, or a very low level): with the
+  default only for a manifest or bundle from before the refusal, or when ``checks.silence_dbfs``
+  is set above ``data.silence_dbfs``;
 - a multi-channel file whose downmix had to leave a channel out (silent, or cancelling).
 
 Example

@@ -38,7 +38,6 @@ from src.data.audio import (
     decode_audio,
     file_md5,
     peak_normalise,
-    silence_reason,
     to_int16,
 )
 from src.data.cache import CACHE_NAME, read_manifest
@@ -72,8 +71,9 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
     A file that cannot be used has samples ``None`` and facts ``{"md5": ...}`` (empty when the
     file cannot be read), so its content is still recorded for the next run's check."""
     source, cfg = job
-    # a test file must be answered whatever it sounds like: its silence is a warning, not a skip
-    silence = cfg.silence_dbfs if source.split == "train" else None
+    # one rule with the API's (src.data.audio.unusable_reason): a silent clip is unusable; a test
+    # file with too little speech too (its pairs get the fallback answer), a train clip is kept
+    min_speech = cfg.min_speech_seconds if source.split == "test" else None
     try:
         md5 = file_md5(source.path)
     except OSError as err:
@@ -84,20 +84,17 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
             target_rate=cfg.sample_rate,
             min_seconds=cfg.min_duration,
             max_seconds=cfg.max_duration,
-            silence_dbfs=silence,
+            silence_dbfs=cfg.silence_dbfs,
             silent_channel_db=cfg.downmix_silent_db,
             cancel_db=cfg.downmix_cancel_db,
+            min_speech_seconds=min_speech,
         )
     except AudioError as err:
         return source, None, {"md5": md5}, str(err)
     except Exception as err:  # any decoder failure becomes a skip with its reason
         return source, None, {"md5": md5}, f"unexpected decoding error: {type(err).__name__}: {err}"
     facts = clip_facts(clip, Path(source.path).stat().st_size) | {"md5": md5}
-    warning = ""
-    if clip.rms_dbfs < cfg.silence_dbfs:
-        reason = silence_reason(clip.rms_dbfs, clip.peak, clip.dc_offset)
-        warning = f"near-silent test file kept: {reason}"
-    return source, to_int16(peak_normalise(clip.samples)), facts, warning
+    return source, to_int16(peak_normalise(clip.samples)), facts, ""
 
 
 COPIES_NAME = "test_train_copies.csv"

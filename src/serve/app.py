@@ -11,18 +11,22 @@ soundfile reads; mixed to mono, resampled to the bundle's rate). Answers::
      "scores": {"<run>": {"asnorm": float, "cosine": float}, ...}, "warnings": [str, ...]}
 
 ``probability`` is the bundle's stacker's (the fold mean of its fold stackers, as the pipeline
-computes it for a test pair); ``label`` is 1 (same speaker) at or above ``threshold``. A clip
-outside the model's range is still scored, with a warning that names it and says why
-(``src/data/checks.py``: recorded below 16 kHz, less speech than the model's window, clipped,
-near-silent with the reason, a channel left out of the downmix). A bad upload gets a 4xx with
-``{"detail": reason}`` (see :mod:`src.serve.uploads`; a missing field is FastAPI's 422) and the
-server keeps serving.
+computes it for a test pair); ``label`` is 1 (same speaker) at or above ``threshold``. A clip the
+pipeline would not score is refused with a 422 that names it and says why, by ``prepare``'s own
+rule and thresholds (:func:`src.data.audio.unusable_reason`): silent (RMS below
+``data.silence_dbfs``, with its RMS and peak) or too short (less active speech than
+``data.min_speech_seconds``). A usable clip outside the model's range is still scored, with a
+warning that names it and says why (``src/data/checks.py``: recorded below 16 kHz, less speech
+than the model's window, clipped, near-silent with the reason, a channel left out of the
+downmix). A bad upload gets a 4xx with ``{"detail": reason}`` (see :mod:`src.serve.uploads`; a
+missing field is FastAPI's 422) and the server keeps serving.
 
 ``POST /api/predict_batch``: files ``files`` (several; each known by its file name) and a form
 field ``pairs``: CSV text with a header ``audio_1,audio_2`` or a JSON list of name pairs. Each
-clip is embedded once however many pairs name it. A file that cannot be decoded costs the pairs
-that name it (their ``error`` says why), not the batch. Warnings about a clip are in the batch's
-``warnings`` and in the ``warnings`` of every pair that names it.
+clip is embedded once however many pairs name it. A file that cannot be decoded, or that
+``/api/predict`` would refuse with a 422 (silent, too short), costs the pairs that name it (no
+label; their ``error`` says why), not the batch; ``refused`` counts those pairs. Warnings about a
+clip are in the batch's ``warnings`` and in the ``warnings`` of every pair that names it.
 
 Model work (decoding included) runs on one worker thread, off the event loop, so ``/health``
 answers while the model is busy; at most ``serve.max_pending`` requests wait for it, more get 503.
@@ -56,6 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from src.config import ChecksConfig, ExperimentConfig, ServeConfig
+from src.data.audio import unusable_reason
 from src.data.checks import recording_warnings
 from src.data.pairs import DataLayoutError, clean_name, pair_list_from_rows, pair_list_from_text
 
@@ -89,6 +94,7 @@ class PairPrediction(BaseModel):
 class BatchPrediction(BaseModel):
     threshold: float
     results: list[PairPrediction]
+    refused: int = 0  # pairs with no label: a clip that cannot be decoded or scored (``error``)
     warnings: list[str] = []
 
 
@@ -151,7 +157,13 @@ class BundleService:
         self.queue = ModelQueue(serve.max_pending)
 
     def decode(self, field: str, payload: bytes) -> tuple[Clip, list[str]]:
-        """One upload as a clip (UploadError names ``field``), and its warnings."""
+        """One upload as a clip, and its warnings.
+
+        Raises UploadError naming ``field``: the upload's own 4xx (:mod:`src.serve.uploads`), or
+        422 for a clip that decodes but must not be scored (silent, or too little speech: the
+        rule and ``data.*`` thresholds with which ``prepare`` sends a test file to the fallback,
+        :func:`src.data.audio.unusable_reason`).
+        """
         data = self.data
         try:
             upload = decode_upload(
@@ -161,6 +173,10 @@ class BundleService:
         except UploadError as err:
             raise UploadError(err.status, f"{field}: {err}") from None
         facts = upload.facts()
+        # prepare's rule for a test file it would not score (its pairs get the fallback answer)
+        unusable = unusable_reason(upload.clip, data.silence_dbfs, data.min_speech_seconds)
+        if unusable is not None:
+            raise UploadError(422, f"{field}: not scored: {unusable}")
         said = recording_warnings(facts, self.checks, self.window, data.silence_dbfs)
         return Clip(upload.samples, facts), [f"{field}: {line}" for line in said]
 
@@ -182,7 +198,8 @@ class BundleService:
         )
 
     def score_batch(self, uploads: dict[str, bytes], pairs: pd.DataFrame) -> BatchPrediction:
-        """The answers for ``pairs`` of uploads; a clip that fails to decode fails its pairs."""
+        """The answers for ``pairs`` of uploads; a clip that fails to decode, or must not be
+        scored (silent, too little speech), fails its pairs: no label, the reason in ``error``."""
         clips, warnings, errors, by_file = {}, [], {}, {}
         for name, payload in uploads.items():
             try:
@@ -209,7 +226,12 @@ class BundleService:
                     warnings=[w for n in dict.fromkeys((a, b)) for w in by_file[n]],
                 )
             )
-        return BatchPrediction(threshold=self.model.threshold, results=results, warnings=warnings)
+        return BatchPrediction(
+            threshold=self.model.threshold,
+            results=results,
+            refused=int(bad.sum()),
+            warnings=warnings,
+        )
 
     def health(self) -> Health:
         """The bundle's identity, threshold, OOF EER, warnings and the requests waiting."""
@@ -231,7 +253,8 @@ class BundleService:
         )
 
     async def predict(self, uploads: dict[str, bytes]) -> Prediction:
-        """``/api/predict``: a bad upload is its 4xx, a pair the model cannot score a 422."""
+        """``/api/predict``: a bad upload is its 4xx, a clip or pair that must not or cannot be
+        scored a 422."""
         try:
             return await self.queue.run(self.score_pair, uploads)
         except UploadError as err:

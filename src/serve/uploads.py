@@ -15,8 +15,9 @@ larger than ``serve.max_upload_mb``       413
 not a format soundfile can open           415
 ========================================  ======
 
-A silent clip is not an error: it decodes, and its facts let the caller attach a warning with
-the reason (``src.data.checks.recording_warnings``, as ``prepare`` keeps silent test files).
+A silent or too short clip decodes here: its facts let the caller refuse it by ``prepare``'s rule
+(``src.data.audio.unusable_reason``: the API answers 422) or attach a warning with the reason
+(``src.data.checks.recording_warnings``).
 
 Example
 -------
