@@ -72,12 +72,14 @@ class DataConfig(Section):
         description="clips quieter than this (RMS after DC removal) are unusable: a train clip "
         "is skipped, a test file's pairs get the fallback answer, the API refuses it (422)",
     )
-    min_speech_seconds: float = Field(
+    min_scored_seconds: float = Field(
         0.2,
         ge=0,
-        description="test files and API uploads with less active speech than this (seconds) are "
+        description="test files and API uploads shorter than this (seconds of audio) are "
         "unusable: a test file's pairs get the fallback answer, the API refuses it (422); train "
-        "clips are kept (checks.min_speech_seconds only warns)",
+        "clips are kept. Duration, not measured speech: a relative speech measure can read a "
+        "real short utterance as near-empty, and a refused test file costs its pairs' answers "
+        "(checks.min_speech_seconds warns about little speech)",
     )
     workers: int = Field(0, ge=0, description="decode processes; 0 = all cores")
     downmix_silent_db: float = Field(

@@ -141,21 +141,26 @@ def test_silent_or_too_short_test_file_gets_the_fallback(zalo_root, tmp_path) ->
     """The API's rule (src.data.audio.unusable_reason): such a file's pairs are not scored."""
     sf.write(zalo_root / "public-test" / "test001.wav", np.zeros(16000, np.float32), 16000)
     write_tone(zalo_root / "public-test" / "test002.wav", seconds=0.15)
+    # 1.5 s, of which 0.1 s loud and the rest 45 dB below: little measured speech, but long
+    # enough: scored (the rule is the clip's duration, not a relative speech measure)
+    burst = 0.005 * np.sin(np.arange(24000, dtype=np.float32) / 3)
+    burst[8000:9600] *= 178.0
+    sf.write(zalo_root / "public-test" / "test003.wav", burst, 16000)
     manifest, bad, prep = run_prepare(zalo_root, tmp_path)
+    kept = manifest.set_index("name").loc["test003.wav"]
+    assert kept["speech_seconds"] < 0.2 and kept["duration"] > 1.4
     assert not {"test001.wav", "test002.wav"} & set(manifest["name"])
     reasons = dict(zip(bad["path"].map(lambda p: Path(p).name), bad["reason"], strict=True))
     assert reasons["test001.wav"] == (
         "silent: RMS -inf dBFS, peak 0 (< -80 dBFS, data.silence_dbfs): digital silence (every "
         "sample is 0)"
     )
-    assert (
-        reasons["test002.wav"] == "too short: 0.15 s of speech (< 0.2 s, data.min_speech_seconds)"
-    )
+    assert reasons["test002.wav"] == "too short: 0.15 s (< 0.2 s, data.min_scored_seconds)"
     fallback = pd.read_csv(prep / "fallback_pairs.csv")
     assert fallback["reason"].str.contains("test001.wav: silent|test002.wav: too short").all()
     pairs = pd.read_csv(prep / "test_pairs.csv")
     assert not {"test001.wav", "test002.wav"} & (set(pairs["audio_1"]) | set(pairs["audio_2"]))
-    # a train clip as short is kept: data.min_speech_seconds is about scoring
+    # a train clip as short is kept: data.min_scored_seconds is about scoring
     write_tone(zalo_root / "train" / "100-M-20" / "short.wav", seconds=0.15)
     manifest, _, _ = run_prepare(zalo_root, tmp_path)
     assert "short.wav" in set(manifest["name"])

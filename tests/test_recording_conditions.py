@@ -160,7 +160,7 @@ def test_clipping_is_measured_on_flat_tops_not_on_loudness(tmp_path) -> None:
 
 def test_out_of_range_clips_are_named_with_how_far_and_thresholds_are_settings(tmp_path) -> None:
     _, phone, _ = decode_file(tmp_path, voice(rate=8000), "phone", rate=8000)
-    # 0.5 s: usable (data.min_speech_seconds is 0.2 s), shorter than the model's window
+    # 0.5 s: usable (data.min_scored_seconds is 0.2 s), shorter than the model's window
     _, short, _ = decode_file(tmp_path, voice(0.5), "short")
     _, good, _ = decode_file(tmp_path, voice(3.0), "good")
     checks = ChecksConfig()

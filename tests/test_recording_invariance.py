@@ -79,7 +79,7 @@ def test_out_of_range_uploads_are_answered_with_a_warning_saying_why(served, tes
     said = predict(client, one, float_wav(phone, 8000))["warnings"]
     assert any(w.startswith("audio_2: recorded at 8000 Hz (< 16000 Hz)") for w in said)
     window = max(run.cfg.embed.window_seconds for run in model.runs)
-    middle = waves[second].size // 2  # 0.6 s of speech: above data.min_speech_seconds (0.2 s)
+    middle = waves[second].size // 2  # 0.6 s of speech: above data.min_scored_seconds (0.2 s)
     short = waves[second][middle - int(0.3 * RATE) : middle + int(0.3 * RATE)]
     said = predict(client, one, float_wav(short, RATE))["warnings"]
     assert any(w.startswith("audio_2: only 0.") for w in said), said

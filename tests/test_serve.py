@@ -150,13 +150,13 @@ def test_silent_clip_is_refused_with_its_level(served) -> None:
 
 
 def test_too_short_clip_is_refused_and_a_short_one_is_warned(served) -> None:
-    """0.15 s of speech is under data.min_speech_seconds (0.2 s): refused; 0.5 s is scored with
+    """0.15 s of speech is under data.min_scored_seconds (0.2 s): refused; 0.5 s is scored with
     today's warning (less speech than the model's window)."""
     client, _ = served
     response = predict(client, encode(voice(0.15)), encode(voice()))
     assert response.status_code == 422, response.text
     assert response.json()["detail"] == (
-        "audio_1: not scored: too short: 0.15 s of speech (< 0.2 s, data.min_speech_seconds)"
+        "audio_1: not scored: too short: 0.15 s (< 0.2 s, data.min_scored_seconds)"
     )
     short = predict(client, encode(voice()), encode(voice(0.5)))
     assert short.status_code == 200, short.text
@@ -219,7 +219,7 @@ def test_batch_refuses_only_the_pairs_with_an_unusable_clip(served) -> None:
     )
     assert results[1]["probability"] is None and results[2]["probability"] is None
     assert results[2]["error"] == (
-        "short.wav: not scored: too short: 0.15 s of speech (< 0.2 s, data.min_speech_seconds)"
+        "short.wav: not scored: too short: 0.15 s (< 0.2 s, data.min_scored_seconds)"
     )
     single = predict(client, clips["a.wav"], clips["b.wav"]).json()
     assert results[0]["error"] is None and results[0]["label"] == single["label"]

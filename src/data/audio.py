@@ -277,13 +277,13 @@ def decode_audio(
     silence_dbfs: float | None = -70.0,
     silent_channel_db: float = SILENT_CHANNEL_DB,
     cancel_db: float = CANCEL_DB,
-    min_speech_seconds: float | None = None,
+    min_scored_seconds: float | None = None,
 ) -> DecodedClip:
     """Decode, condition (DC removal, downmix), resample and validate one file.
 
     Raises AudioError for unsupported, corrupt, empty, too short, non-finite audio, and for a
     clip :func:`unusable_reason` refuses: silent (RMS below ``silence_dbfs`` once the DC offset
-    is removed) or with less active speech than ``min_speech_seconds`` (``None`` turns either
+    is removed) or shorter than ``min_scored_seconds`` (``None`` turns either
     check off). Clips longer than ``max_seconds`` are truncated (``truncated`` is set).
     """
     data, info, truncated = read_channels(path, max_seconds)
@@ -291,14 +291,14 @@ def decode_audio(
         data, int(info.samplerate), int(info.frames), target_rate, min_seconds, truncated,
         silent_channel_db, cancel_db,
     )  # fmt: skip
-    reason = unusable_reason(clip, silence_dbfs, min_speech_seconds)
+    reason = unusable_reason(clip, silence_dbfs, min_scored_seconds)
     if reason is not None:
         raise AudioError(reason)
     return clip
 
 
 def unusable_reason(
-    clip: DecodedClip, silence_dbfs: float | None, min_speech_seconds: float | None
+    clip: DecodedClip, silence_dbfs: float | None, min_scored_seconds: float | None
 ) -> str | None:
     """Why a clip must not be scored, or ``None`` when it may be: the one rule for ``prepare``
     (a silent train clip is skipped; a silent or too short test file's pairs get the fallback
@@ -311,8 +311,8 @@ def unusable_reason(
         removed and its seconds of active speech (:func:`speech_seconds`), unrounded.
     silence_dbfs
         ``data.silence_dbfs``: a clip with a lower RMS (dBFS) is silent; ``None``: not checked.
-    min_speech_seconds
-        ``data.min_speech_seconds``: a clip with fewer seconds of active speech is too short;
+    min_scored_seconds
+        ``data.min_scored_seconds``: a clip shorter than this (seconds of audio) is too short;
         ``None``: not checked.
 
     >>> silent = describe_clip(np.zeros(16000, np.float32), 16000, 16000, 16000, 0.1)
@@ -321,7 +321,7 @@ def unusable_reason(
     digital silence (every sample is 0)
     >>> tone = np.sin(np.arange(2400, dtype=np.float32) / 4)  # 0.15 s
     >>> unusable_reason(describe_clip(tone, 16000, 2400, 16000, 0.1), -80.0, 0.2)
-    'too short: 0.15 s of speech (< 0.2 s, data.min_speech_seconds)'
+    'too short: 0.15 s (< 0.2 s, data.min_scored_seconds)'
     """
     rms, peak = clip.rms_dbfs, clip.peak
     if silence_dbfs is not None and rms < silence_dbfs:
@@ -330,12 +330,9 @@ def unusable_reason(
             f"silent: RMS {rms:.1f} dBFS, peak {peak:.2g} (< {silence_dbfs:g} dBFS, "
             f"data.silence_dbfs): {cause}"
         )
-    speech = clip.speech_seconds
-    if min_speech_seconds is not None and speech < min_speech_seconds:
-        return (
-            f"too short: {speech:.2f} s of speech (< {min_speech_seconds:g} s, "
-            "data.min_speech_seconds)"
-        )
+    seconds = clip.duration
+    if min_scored_seconds is not None and seconds < min_scored_seconds:
+        return f"too short: {seconds:.2f} s (< {min_scored_seconds:g} s, data.min_scored_seconds)"
     return None
 
 

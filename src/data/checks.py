@@ -2,8 +2,8 @@
 
 A score is still given for such a clip, but the caller is told why it is less reliable: in the
 API's ``warnings`` (``/api/predict`` and ``/api/predict_batch``) and per test file in the report.
-(A clip that must not be scored at all, silent below ``data.silence_dbfs`` or with less speech
-than ``data.min_speech_seconds``, never gets this far: ``src.data.audio.unusable_reason`` sends a
+(A clip that must not be scored at all, silent below ``data.silence_dbfs`` or shorter
+than ``data.min_scored_seconds``, never gets this far: ``src.data.audio.unusable_reason`` sends a
 test file's pairs to the fallback answer and the API refuses it with a 422.) Each warning comes
 from the facts ``prepare`` records about a file
 (``src.data.audio.clip_facts``: the manifest's columns, and the same facts of an upload):

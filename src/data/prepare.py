@@ -72,8 +72,8 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
     file cannot be read), so its content is still recorded for the next run's check."""
     source, cfg = job
     # one rule with the API's (src.data.audio.unusable_reason): a silent clip is unusable; a test
-    # file with too little speech too (its pairs get the fallback answer), a train clip is kept
-    min_speech = cfg.min_speech_seconds if source.split == "test" else None
+    # file that is too short too (its pairs get the fallback answer), a train clip is kept
+    min_scored = cfg.min_scored_seconds if source.split == "test" else None
     try:
         md5 = file_md5(source.path)
     except OSError as err:
@@ -87,7 +87,7 @@ def _decode_job(job: tuple[SourceFile, DataConfig]) -> tuple[SourceFile, Any, di
             silence_dbfs=cfg.silence_dbfs,
             silent_channel_db=cfg.downmix_silent_db,
             cancel_db=cfg.downmix_cancel_db,
-            min_speech_seconds=min_speech,
+            min_scored_seconds=min_scored,
         )
     except AudioError as err:
         return source, None, {"md5": md5}, str(err)

@@ -14,12 +14,12 @@ soundfile reads; mixed to mono, resampled to the bundle's rate). Answers::
 computes it for a test pair); ``label`` is 1 (same speaker) at or above ``threshold``. A clip the
 pipeline would not score is refused with a 422 that names it and says why, by ``prepare``'s own
 rule and thresholds (:func:`src.data.audio.unusable_reason`): silent (RMS below
-``data.silence_dbfs``, with its RMS and peak) or too short (less active speech than
-``data.min_speech_seconds``). A usable clip outside the model's range is still scored, with a
-warning that names it and says why (``src/data/checks.py``: recorded below 16 kHz, less speech
-than the model's window, clipped, near-silent with the reason, a channel left out of the
-downmix). A bad upload gets a 4xx with ``{"detail": reason}`` (see :mod:`src.serve.uploads`; a
-missing field is FastAPI's 422) and the server keeps serving.
+``data.silence_dbfs``, with its RMS and peak) or too short (under
+``data.min_scored_seconds`` of audio). A usable clip outside the model's range is still
+scored, with a warning that names it and says why (``src/data/checks.py``: recorded below
+16 kHz, less speech than the model's window, clipped, near-silent with the reason, a channel
+left out of the downmix). A bad upload gets a 4xx with ``{"detail": reason}`` (see
+:mod:`src.serve.uploads`; a missing field is FastAPI's 422) and the server keeps serving.
 
 ``POST /api/predict_batch``: files ``files`` (several; each known by its file name) and a form
 field ``pairs``: CSV text with a header ``audio_1,audio_2`` or a JSON list of name pairs. Each
@@ -174,7 +174,7 @@ class BundleService:
             raise UploadError(err.status, f"{field}: {err}") from None
         facts = upload.facts()
         # prepare's rule for a test file it would not score (its pairs get the fallback answer)
-        unusable = unusable_reason(upload.clip, data.silence_dbfs, data.min_speech_seconds)
+        unusable = unusable_reason(upload.clip, data.silence_dbfs, data.min_scored_seconds)
         if unusable is not None:
             raise UploadError(422, f"{field}: not scored: {unusable}")
         said = recording_warnings(facts, self.checks, self.window, data.silence_dbfs)
