@@ -438,3 +438,24 @@ def test_profile_corr_over_a_cohort_matches_brute_force() -> None:
         expected = 1.0 if a == b else np.corrcoef(full[a, others], full[b, others])[0, 1]
         assert features["profile_corr"][i] == pytest.approx(expected, abs=1e-5)
     assert ((left < 12) != (right < 12)).any() and ((left >= 12) & (right >= 12)).any()
+
+
+@pytest.mark.parametrize("fused_only", [True, False])
+def test_several_experiments_read_their_fused_graph(tmp_path, fused_only: bool) -> None:
+    """Two experiments stacked together: by default (``stack.graph_fused_only``) the graph
+    stacker reads the fused graph only; switched off, each experiment's graph as well."""
+    import shutil
+
+    from src.stacking.stack import run_stack
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    cfg, _ = write_graph_inputs(tmp_path, trials_per_fold=200, n_test_pairs=100)
+    shutil.copytree(cfg.paths.outputs / "cnn", cfg.paths.outputs / "cnn2")
+    stack = cfg.stack.model_copy(
+        update={"experiments": ["cnn", "cnn2"], "graph_fused_only": fused_only}
+    )
+    dirs = [cfg.paths.outputs / "cnn", cfg.paths.outputs / "cnn2"]
+    result = run_stack(cfg.model_copy(update={"stack": stack}), dirs, tmp_path / "stack")
+    graph = {f.split("__g_")[0] for f in result.importances["feature"] if "__g_" in f}
+    assert graph == ({"fused"} if fused_only else {"cnn", "cnn2", "fused"})
+    assert result.test["prob"].notna().all()

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -511,13 +511,14 @@ def _solve_graphs(jobs: list[_GraphJob], settings: GraphSettings) -> list[pd.Dat
 
     Processes, not threads: scipy's average linkage (the largest part of a graph at Zalo size)
     and the Python loops between numpy calls hold the GIL, so threads ran one graph at a time
-    for much of each graph. Forked workers inherit the loaded modules (no start-up imports);
-    where fork is not available, or there is one graph or one core, the graphs are solved here.
+    for much of each graph. Forked workers inherit the loaded modules (no start-up imports).
+    With one graph or one core the graphs are solved here; where fork is not available, in
+    threads (as before 2026-11-30 evening).
     """
     workers = min(os.cpu_count() or 1, len(jobs))
     if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        with threadpool_limits(limits=1, user_api="blas"):
-            return [_solve_graph(job, settings) for job in jobs]
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as threads:
+            return list(threads.map(lambda job: _solve_graph(job, settings), jobs))
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         return list(pool.map(_solve_graph_alone, jobs, [settings] * len(jobs)))
