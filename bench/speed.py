@@ -142,11 +142,14 @@ def bench_stacking(n_pairs: int = 50000) -> list[dict]:
     ]
 
 
-def bench_graph(n_test: int = 2789, n_pairs: int = 50000, folds: int = 5) -> dict:
+def bench_graph(
+    n_test: int = 2789, n_pairs: int = 50000, folds: int = 5, fused_only: bool = True
+) -> dict:
     """Trial-graph features at Zalo size: 2 experiments (one fold-independent) and their fused
     graph, one graph per fold each (since 2026-11-30: 1/5 of 10,556 held-out clips with 20,000
     trials and the 2,789 test clips with the 50,000 test pairs; before, the two were separate
-    graphs)."""
+    graphs). ``fused_only``: the fused graphs alone, as the stack computes them by default
+    (``stack.graph_fused_only``, since 2026-11-30 evening); else each experiment's too."""
     import pandas as pd
 
     from src.stacking.graph import graph_feature_views
@@ -187,12 +190,15 @@ def bench_graph(n_test: int = 2789, n_pairs: int = 50000, folds: int = 5) -> dic
 
     graphs = {name: {f: [e] for f, e in per_fold.items()} for name, per_fold in experiments.items()}
     graphs["fused"] = {f: [experiments[n][f] for n in experiments] for f in range(folds)}
+    if fused_only:
+        graphs = {"fused": graphs["fused"]}
 
     def run() -> None:  # as the stack stage calls it: every graph in one pool
         graph_feature_views(graphs, oof, test)
 
     seconds = median_time(run, repeats=1, warmup=0)
-    what = f"graph features, {n_pairs} test pairs over {n_test} clips, 2 experiments + fused"
+    which = "fused graph of 2 experiments" if fused_only else "2 experiments + fused"
+    what = f"graph features, {n_pairs} test pairs over {n_test} clips, {which}"
     return {"what": what + f", {folds} fold views", "value": seconds, "unit": "s"}
 
 

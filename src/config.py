@@ -392,6 +392,12 @@ class StackConfig(Section):
     graph_features: bool = Field(
         True, description="trial-graph features (neighbourhood, local norm, paths, clusters)"
     )
+    graph_fused_only: bool = Field(
+        True,
+        description="with several experiments stacked together, graph features from their fused "
+        "graph only, not one graph per experiment as well (a third of the cost; on libri-zalo "
+        "the per-experiment graphs added no OOF accuracy)",
+    )
     average: Literal["none", "rank", "probability"] = "none"
     # how a test pair is scored: "per_fold" applies the stacker of fold k to the fold-k model's
     # test scores (the same kind of number it saw in OOF), "mean" to the fold-mean scores

@@ -180,7 +180,8 @@ def test_oof_and_test_pairs_share_one_graph_per_fold() -> None:
     )
     oof_features, test_views = experiment_graph_features(embeddings, trials, pairs, "cnn")
     row, test_row = oof_features.iloc[-1], test_views[0].iloc[-1]
-    same = ["cnn__g_local_norm", "cnn__g_expanded_sim", "cnn__g_profile_corr", "cnn__g_tree_sim"]
+    # (not profile_corr: it runs over the held-out clips, the OOF pair's two among them)
+    same = ["cnn__g_local_norm", "cnn__g_expanded_sim", "cnn__g_tree_sim"]
     np.testing.assert_allclose(row[same].to_numpy(float), test_row[same].to_numpy(float), 1e-5)
 
 
@@ -392,3 +393,69 @@ def test_nearest_on_a_large_graph_matches_a_full_sort_with_ties() -> None:
         np.testing.assert_array_equal(
             nearest(sims, k), np.argsort(-sims, axis=1, kind="stable")[:, :k]
         )
+
+
+def test_profile_corr_holds_when_the_test_graph_grows() -> None:
+    """The same held-out speakers and OOF trials, the fold graphs grown 4x with unpaired test
+    clips of unrelated speakers (tight groups of 8 clips each): the OOF trials' ``profile_corr``
+    stays where it was, as it runs over the fold's held-out clips. (Over every clip of the
+    graph, unrelated clips outnumbered the held-out ones and moved it by 0.1 on the median.)"""
+    embeddings, oof, test = _experiment(seed=10)
+    rng = np.random.default_rng(11)
+    extra, _ = _speaker_vectors(30, 8, 0.3, seed=12)  # 240 clips: 4x the 60 held-out + test
+    names = np.array([f"public-test/unpaired_{i}.wav" for i in range(extra.shape[0])])
+    grown = {
+        k: [{
+            "ids": np.concatenate([e["ids"], names]),
+            "role": np.concatenate([e["role"], np.full(names.size, "test")]),
+            "vectors": np.concatenate([e["vectors"], extra + 0.01 * rng.normal(size=extra.shape)]),
+        } for e in sets]
+        for k, sets in embeddings.items()
+    }  # fmt: skip
+    before, test_before = experiment_graph_features(embeddings, oof, test, "cnn")
+    after, test_after = experiment_graph_features(grown, oof, test, "cnn")
+    column = "cnn__g_profile_corr"
+    np.testing.assert_allclose(after[column], before[column], atol=1e-6)
+    np.testing.assert_allclose(test_after[0][column], test_before[0][column], atol=1e-6)
+    assert before[column].std() > 0.1  # it does vary between pairs
+
+
+def test_profile_corr_over_a_cohort_matches_brute_force() -> None:
+    """With a cohort (the first rows: a fold's held-out clips), ``profile_corr`` is the Pearson
+    correlation over the cohort's clips, a and b left out where they are among them."""
+    from src.stacking.graph import second_order_features
+
+    vectors, _ = _speaker_vectors(6, 5, 1.0, seed=25)
+    rng = np.random.default_rng(26)
+    left, right = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    sims = similarity(vectors)
+    features = second_order_features(
+        sims, vectors.astype(np.float64), nearest(sims, 3), left, right, 3, cohort=12
+    )
+    full = sims.astype(np.float64)
+    for i, (a, b) in enumerate(zip(left, right, strict=True)):
+        others = [c for c in range(12) if c not in (a, b)]
+        expected = 1.0 if a == b else np.corrcoef(full[a, others], full[b, others])[0, 1]
+        assert features["profile_corr"][i] == pytest.approx(expected, abs=1e-5)
+    assert ((left < 12) != (right < 12)).any() and ((left >= 12) & (right >= 12)).any()
+
+
+@pytest.mark.parametrize("fused_only", [True, False])
+def test_several_experiments_read_their_fused_graph(tmp_path, fused_only: bool) -> None:
+    """Two experiments stacked together: by default (``stack.graph_fused_only``) the graph
+    stacker reads the fused graph only; switched off, each experiment's graph as well."""
+    import shutil
+
+    from src.stacking.stack import run_stack
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    cfg, _ = write_graph_inputs(tmp_path, trials_per_fold=200, n_test_pairs=100)
+    shutil.copytree(cfg.paths.outputs / "cnn", cfg.paths.outputs / "cnn2")
+    stack = cfg.stack.model_copy(
+        update={"experiments": ["cnn", "cnn2"], "graph_fused_only": fused_only}
+    )
+    dirs = [cfg.paths.outputs / "cnn", cfg.paths.outputs / "cnn2"]
+    result = run_stack(cfg.model_copy(update={"stack": stack}), dirs, tmp_path / "stack")
+    graph = {f.split("__g_")[0] for f in result.importances["feature"] if "__g_" in f}
+    assert graph == ({"fused"} if fused_only else {"cnn", "cnn2", "fused"})
+    assert result.test["prob"].notna().all()

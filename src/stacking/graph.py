@@ -21,9 +21,19 @@ Per pair ``(a, b)`` of a graph of ``n`` clips with cosine similarities ``S``, sy
 - clusters: average-linkage clustering of the graph: same-cluster flags at a few cosine cut
   heights (label-free, :func:`cut_heights`), and the similarity at which a and b first share
   a cluster (``tree_sim``);
-- second order: the correlation of a's and b's similarities to every other clip
-  (``profile_corr``), and the mean similarity between a with its nearest neighbours and b with
-  theirs (``expanded_sim``, query expansion).
+- second order: the correlation of a's and b's similarities to the fold's held-out clips
+  (``profile_corr``; every clip in :func:`graph_features`), and the mean similarity between a
+  with its nearest neighbours and b with theirs (``expanded_sim``, query expansion).
+
+Size. A test set adds clips to every fold graph, mostly of speakers the held-out clips do not
+have; per clip, a same-speaker partner's rank, the k-NN flags and overlaps, the top-k cohort,
+hubness (neighbour counts over ``k``: mean 1 in any graph), the two-hop link and the expanded
+vectors read only a clip's nearest neighbours, which such clips rarely join: they are kept as
+counts, not as shares of the graph (a rank over ``n`` would fall with every added clip). The
+profile over every clip moved with them, so it runs over the held-out clips, a set fixed per
+fold. The cut heights, shares of all clip pairs, still move with size: heights read from the
+held-out clips alone held the features but lost OOF accuracy (``bench/RESULTS.md``,
+2026-11-30 evening).
 
 Example
 -------
@@ -36,8 +46,9 @@ Example
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,47 +193,60 @@ def second_order_features(
     left: np.ndarray,
     right: np.ndarray,
     expand_k: int,
+    cohort: int | None = None,
 ) -> dict[str, np.ndarray]:
     """What the rest of the graph says about a pair, from its :func:`graph_vectors` ``W``.
 
-    - ``profile_corr``: the Pearson correlation of ``S[a, c]`` and ``S[b, c]`` over every other
-      clip c (a and b excluded). ``S = W W^T`` has low rank, so the sums over c are read from
-      ``W^T W`` in O(dims) per pair instead of O(clips): exact, and fast on any graph size.
-      The per-pair products use the centred Gram matrix (float32 without cancellation); the
-      corrections that leave a and b out are float64 scalars.
+    - ``profile_corr``: the Pearson correlation of ``S[a, c]`` and ``S[b, c]`` over the clips c
+      of the cohort (the first ``cohort`` rows; every clip when ``None``), a and b excluded.
+      ``S = W W^T`` has low rank, so the sums over c are read from ``W_c^T W_c`` in O(dims) per
+      pair instead of O(clips): exact, and fast on any graph size. The per-pair products use
+      the centred Gram matrix (float32 without cancellation); the corrections that leave a and
+      b out are float64 scalars. A fixed cohort (a fold's held-out clips) keeps the profile of
+      a pair the same however many, and whatever, test clips the graph holds.
     - ``expanded_sim``: the mean similarity between {a and its ``expand_k`` nearest clips} and
       {b and its}, i.e. the inner product of the two groups' mean vectors (query expansion).
     """
     n = vectors.shape[0]
-    mean_vector = vectors.mean(axis=0)
+    size = n if cohort is None else cohort  # clips c the profiles run over: rows 0..size-1
+    mean_vector = vectors[:size].mean(axis=0)
     self_sim = np.einsum("ij,ij->i", vectors, vectors)  # S[a,a], 1 for unit vectors
-    row_mean = vectors @ mean_vector  # mean over all c of S[a,c]
+    row_mean = vectors @ mean_vector  # mean over the cohort's c of S[a,c]
     single = vectors.astype(np.float32)  # the heavy products in float32: nothing cancels
-    centred = single - mean_vector.astype(np.float32)
-    projected = single @ (centred.T @ centred)  # (n, dims): row a . w_b = covariance over all c
-    row_square = np.einsum("ij,ij->i", projected, single).astype(np.float64) + n * row_mean**2
+    centred = single[:size] - mean_vector.astype(np.float32)
+    projected = single @ (centred.T @ centred)  # (n, dims): row a . w_b = covariance over c
+    row_square = np.einsum("ij,ij->i", projected, single).astype(np.float64) + size * row_mean**2
     members = near[:, :expand_k]
     expanded = (single + single[members].sum(axis=1)) / np.float32(1 + members.shape[1])
     corr, expanded_sim = np.empty(left.size), np.empty(left.size)
-    others = max(n - 2, 1)
     # pairs in the order of their lower clip: consecutive pairs gather the same rows from the
     # cache (a third less time on 70,000 pairs; each pair's arithmetic is unchanged)
     order = np.lexsort((np.maximum(left, right), np.minimum(left, right)))
     for start in range(0, left.size, CHUNK):
         a, b = left[order[start : start + CHUNK]], right[order[start : start + CHUNK]]
+        in_a, in_b = (a < size).astype(np.float64), (b < size).astype(np.float64)  # in cohort
+        others = np.maximum(size - in_a - in_b, 1.0)
         s_ab = np.where(a == b, self_sim[a], sims[a, b])
         low, high = np.minimum(a, b), np.maximum(a, b)  # one order: symmetric to the last bit
         covariance_all = np.einsum("ij,ij->i", projected[low], single[high]).astype(np.float64)
-        cross = covariance_all + n * row_mean[a] * row_mean[b] - s_ab * (self_sim[a] + self_sim[b])
-        sum_a = n * row_mean[a] - self_sim[a] - s_ab
-        sum_b = n * row_mean[b] - self_sim[b] - s_ab
-        var_a = (row_square[a] - self_sim[a] ** 2 - s_ab**2) / others - (sum_a / others) ** 2
-        var_b = (row_square[b] - self_sim[b] ** 2 - s_ab**2) / others - (sum_b / others) ** 2
+        cross = (
+            covariance_all
+            + size * row_mean[a] * row_mean[b]
+            - s_ab * (in_a * self_sim[a] + in_b * self_sim[b])
+        )
+        sum_a = size * row_mean[a] - in_a * self_sim[a] - in_b * s_ab
+        sum_b = size * row_mean[b] - in_b * self_sim[b] - in_a * s_ab
+        var_a = (row_square[a] - in_a * self_sim[a] ** 2 - in_b * s_ab**2) / others - (
+            sum_a / others
+        ) ** 2
+        var_b = (row_square[b] - in_b * self_sim[b] ** 2 - in_a * s_ab**2) / others - (
+            sum_b / others
+        ) ** 2
         covariance = cross / others - sum_a * sum_b / others**2
         spread = np.sqrt(np.maximum(var_a, 1e-12) * np.maximum(var_b, 1e-12))
         corr[order[start : start + CHUNK]] = covariance / spread
         expanded_sim[order[start : start + CHUNK]] = np.einsum("ij,ij->i", expanded[a], expanded[b])
-    corr = np.clip(corr, -1.0, 1.0) if n > 3 else np.zeros(left.size)
+    corr = np.clip(corr, -1.0, 1.0) if size > 3 else np.zeros(left.size)
     corr[left == right] = 1.0
     return {"profile_corr": corr, "expanded_sim": expanded_sim}
 
@@ -349,9 +373,11 @@ def neighbourhood_features(
     right: np.ndarray,
     settings: GraphSettings,
     vectors: np.ndarray | None = None,
+    profile_clips: int | None = None,
 ) -> pd.DataFrame:
     """Every graph feature but the clusters: ranks, k-NN, local normalisation, hubness, paths,
-    and with the graph's :func:`graph_vectors` the second-order features."""
+    and with the graph's :func:`graph_vectors` the second-order features (``profile_clips``:
+    the cohort of :func:`second_order_features`)."""
     n = sims.shape[0]
     self_pair = left == right  # a test list may pair a file with itself: its own nearest
     raw = np.where(self_pair, 1.0, sims[left, right].astype(np.float64))
@@ -382,7 +408,9 @@ def neighbourhood_features(
     out["two_hop"] = two_hop(sims, left, right) if n > 2 else np.full(left.size, -1.0)
     out["two_hop_gap"] = out["two_hop"] - raw
     if vectors is not None and n > 1:
-        out |= second_order_features(sims, vectors, near, left, right, settings.expand_k)
+        out |= second_order_features(
+            sims, vectors, near, left, right, settings.expand_k, profile_clips
+        )
     return pd.DataFrame(out)
 
 
@@ -452,6 +480,7 @@ class _GraphJob:
     sets: list[np.ndarray]
     left: np.ndarray
     right: np.ndarray
+    held_out: int | None = None  # rows 0..held_out-1 are the fold's held-out clips
 
 
 @dataclass(frozen=True)
@@ -463,9 +492,12 @@ class GraphSize:
 
 
 def _solve_graph(job: _GraphJob, settings: GraphSettings) -> pd.DataFrame:
-    """Every feature of one graph's pairs; its similarity matrix is dropped after."""
+    """Every feature of one graph's pairs; its similarity matrix is dropped after. The fold's
+    held-out clips (``job.held_out``; every clip when ``None``) are the cohort ``profile_corr``
+    runs over, so it does not move with the test set's size or make-up."""
     sims = graph_similarity(job.sets)
-    base = neighbourhood_features(sims, job.left, job.right, settings, graph_vectors(job.sets))
+    vectors = graph_vectors(job.sets)
+    base = neighbourhood_features(sims, job.left, job.right, settings, vectors, job.held_out)
     cuts = settings.cuts or cut_heights(sims)
     tree = cluster_tree(sims)
     tree_sim = tree_similarity(tree, sims.shape[0], job.left, job.right)
@@ -474,13 +506,28 @@ def _solve_graph(job: _GraphJob, settings: GraphSettings) -> pd.DataFrame:
 
 
 def _solve_graphs(jobs: list[_GraphJob], settings: GraphSettings) -> list[pd.DataFrame]:
-    """:func:`_solve_graph` of each graph, one thread per core (numpy frees the GIL), BLAS
-    single-threaded inside each: two levels of threads on few cores get in each other's way.
-    (scipy's linkage holds the GIL; building the trees in forked processes instead measured no
-    faster on 2 cores.)"""
+    """:func:`_solve_graph` of each graph, one worker process per core, BLAS single-threaded
+    inside each (two levels of threads on few cores get in each other's way).
+
+    Processes, not threads: scipy's average linkage (the largest part of a graph at Zalo size)
+    and the Python loops between numpy calls hold the GIL, so threads ran one graph at a time
+    for much of each graph. Forked workers inherit the loaded modules (no start-up imports).
+    With one graph or one core the graphs are solved here; where fork is not available, in
+    threads (as before 2026-11-30 evening).
+    """
     workers = min(os.cpu_count() or 1, len(jobs))
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as threads:
-        return list(threads.map(lambda job: _solve_graph(job, settings), jobs))
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as threads:
+            return list(threads.map(lambda job: _solve_graph(job, settings), jobs))
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(pool.map(_solve_graph_alone, jobs, [settings] * len(jobs)))
+
+
+def _solve_graph_alone(job: _GraphJob, settings: GraphSettings) -> pd.DataFrame:
+    """:func:`_solve_graph` in a worker process, BLAS on one thread."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _solve_graph(job, settings)
 
 
 GraphInput = dict[int, list[dict[str, np.ndarray]]]  # fold -> each fused model's embeddings
@@ -512,6 +559,7 @@ def _plan_graphs(embeddings: GraphInput, oof: pd.DataFrame, test: pd.DataFrame) 
             [v[0] for v in views],
             np.concatenate([oof_left, test_left]),
             np.concatenate([oof_right, test_right]),
+            len(oof_index),
         )
         oof_rows[fold] = pairs.index
         sizes[fold] = GraphSize(len(oof_index), len(test_index))

@@ -433,11 +433,11 @@ def without_groups(graphs: GraphViews, groups: list[str]) -> GraphViews:
 
 
 def load_graph_views(
-    experiments: list[ExperimentScores], dirs: list[Path]
+    experiments: list[ExperimentScores], dirs: list[Path], fused_only: bool = False
 ) -> tuple[GraphViews, dict[int, GraphSize]]:
-    """Trial-graph features of every experiment, and of their fused graph when several:
-    OOF rows and one test view per fold model, both from the fold's one graph; and the clips
-    of each fold's graph."""
+    """Trial-graph features of every experiment, and of their fused graph when several (with
+    ``fused_only`` and several experiments: of the fused graph alone): OOF rows and one test
+    view per fold model, both from the fold's one graph; and the clips of each fold's graph."""
     embeddings: dict[str, dict[int, dict]] = {}
     for experiment, directory in zip(experiments, dirs, strict=True):
         embeddings[experiment.name] = {}
@@ -451,6 +451,8 @@ def load_graph_views(
     inputs = {e.name: {f: [v] for f, v in embeddings[e.name].items()} for e in experiments}
     if len(experiments) > 1:
         inputs[FUSED] = {f: [embeddings[e.name][f] for e in experiments] for f in reference.folds}
+        if fused_only:
+            inputs = {FUSED: inputs[FUSED]}
     views = graph_feature_views(inputs, reference.oof, reference.test)
     log.info(
         "graph features: %s in %.1f s", plural(len(views), "graph"), time.perf_counter() - started
@@ -475,6 +477,7 @@ def _stack_group(
     views = test_views(group, meta, cfg)
     if graphs is not None:
         names = [e.name for e in group] + ([FUSED] if len(group) > 1 else [])
+        names = [n for n in names if n in graphs]  # stack.graph_fused_only: the fused one
         features = pd.concat([features, *(graphs[n][0] for n in names)], axis=1)
         views = {
             f: pd.concat([view, *(graphs[n][1][f] for n in names)], axis=1)
@@ -573,7 +576,9 @@ def run_stack(
     used_meta = meta if cfg.stack.use_metadata else None
     graphs, guard = None, None
     if cfg.stack.graph_features:
-        graphs, sizes = load_graph_views(experiments, experiment_dirs)
+        # one stacker over several experiments reads their fused graph (stack.graph_fused_only)
+        fused_only = cfg.stack.graph_fused_only and cfg.stack.average == "none"
+        graphs, sizes = load_graph_views(experiments, experiment_dirs, fused_only)
         guard = graph_guard(graphs, sizes, experiments[0], cfg)
         graphs = without_groups(graphs, guard.dropped)
     fits = {"+".join(e.name for e in g): _stack_group(g, used_meta, cfg, graphs) for g in groups}
