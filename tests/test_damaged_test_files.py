@@ -54,3 +54,10 @@ def test_damaged_test_file_gets_fallback_answers(tmp_path: Path) -> None:
     assert set(submission["label"]) <= {0, 1}
     summary = (cfg.report_dir / "summary.md").read_text()
     assert f"{names_it.sum()} pair(s) name a test file with no usable audio" in summary
+    import json
+
+    metrics = json.loads((cfg.report_dir / "metrics.json").read_text())
+    stack = metrics["sources"]["stack"]  # test figures on the scored pairs, not dropped
+    assert stack["test_pairs_scored"] == len(scored) and stack["test_pairs"] == len(expected)
+    assert "test_accuracy" in stack["policies"]["balanced"]
+    assert f"scored {len(scored)} of the {len(expected)} public-test pairs" in summary

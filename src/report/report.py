@@ -141,6 +141,19 @@ def read_test_labels(path: Path, expected: pd.DataFrame) -> tuple[np.ndarray | N
     return found.to_numpy(dtype=np.int64), ""
 
 
+def _labels_at(labels: np.ndarray | None, rows: np.ndarray | None) -> np.ndarray | None:
+    """The answer key's labels of the rows a source scored (``None`` without key or rows)."""
+    return None if labels is None or rows is None else labels[rows]
+
+
+def _scored_share(rows: np.ndarray | None, expected: pd.DataFrame | None) -> dict:
+    """``{"test_pairs_scored": n, "test_pairs": total}`` when a source scored only some
+    public-test rows (its test figures are on those), else ``{}``."""
+    if rows is None or expected is None or len(rows) == len(expected):
+        return {}
+    return {"test_pairs_scored": len(rows), "test_pairs": len(expected)}
+
+
 def policy_accuracies(
     source: Source, positive_share: float, test_labels: np.ndarray | None
 ) -> dict[str, dict[str, float]]:
@@ -399,6 +412,17 @@ def summary_markdown(
         "",
         _table(pd.DataFrame(rows)),
     ]
+    partial = {
+        e["test_pairs_scored"]: e["test_pairs"]
+        for e in metrics["sources"].values()
+        if "test_pairs_scored" in e
+    }
+    for scored, total in partial.items():
+        lines += [
+            "",
+            f"TEST columns of sources that scored {scored} of the {total} public-test pairs are "
+            "on those pairs; the others got the fallback answer (below).",
+        ]
     diagnostics = extra.get("diagnostics") or {}
     if diagnostics:
         from .figures import warnings_markdown
@@ -568,15 +592,33 @@ def _stack_extras(stack_dir: Path) -> dict:
     return extra
 
 
-def _with_checked_test(source: Source, expected: pd.DataFrame | None) -> Source:
-    """``source`` without test scores when they are not the public-test rows in order."""
+def _test_rows(source: Source, expected: pd.DataFrame | None) -> np.ndarray | None:
+    """Positions in ``expected`` (the public-test rows) of ``source``'s test pairs.
+
+    All rows when they are the public-test rows in order; the rows of the scored pairs when the
+    source lacks only some rows (pairs answered by the fallback have no score), in order.
+    ``None``, with a warning, when its pairs are not a sub-sequence of the public-test rows
+    (then it has no test metrics).
+    """
     if source.test_pairs is None or expected is None:
-        return source
+        return None
     pairs = source.test_pairs.astype(str).reset_index(drop=True)
-    if pairs.equals(expected.reset_index(drop=True)):
-        return source
-    log.warning("report: %s test rows differ from public-test.csv; no test metrics", source.name)
-    return Source(source.name, source.oof, None, None)
+    wanted = expected.astype(str).reset_index(drop=True)
+    if pairs.equals(wanted):
+        return np.arange(len(wanted))
+    keys = (wanted["audio_1"] + "\t" + wanted["audio_2"]).tolist()
+    rows, at = [], 0
+    for key in pairs["audio_1"] + "\t" + pairs["audio_2"]:
+        while at < len(keys) and keys[at] != key:
+            at += 1
+        if at == len(keys):
+            log.warning(
+                "report: %s test rows differ from public-test.csv; no test metrics", source.name
+            )
+            return None
+        rows.append(at)
+        at += 1
+    return np.asarray(rows, dtype=np.int64)
 
 
 WARNINGS_FILE = "warnings.json"  # the summary's WARNING lines, logged again when reused
@@ -633,7 +675,8 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         if expected is not None
         else (None, "")
     )
-    sources = {name: _with_checked_test(s, expected) for name, s in sources.items()}
+    rows = {name: _test_rows(s, expected) for name, s in sources.items()}
+    sources = {n: s if rows[n] is not None else Source(n, s.oof, None) for n, s in sources.items()}
     main = "stack" if "stack" in sources else next(iter(sources))
     metrics = {
         "main_source": main,
@@ -644,7 +687,8 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         "sources": {
             name: {
                 "oof": summarise(s.oof["score"].to_numpy(), s.oof["label"].to_numpy()),
-                "policies": policy_accuracies(s, share, test_labels),
+                "policies": policy_accuracies(s, share, _labels_at(test_labels, rows[name])),
+                **_scored_share(rows[name], expected),
                 **source_calibration(s),
             }
             for name, s in sources.items()
