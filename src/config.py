@@ -319,7 +319,10 @@ class TrainConfig(Section):
         "model.weights or init_checkpoint) relative to train.lr; the heads get train.lr",
     )
     freeze_epochs: float = Field(
-        0.0, ge=0, description="epochs with the pretrained layers frozen (heads only) at first"
+        0.0,
+        ge=0,
+        description="epochs with the pretrained layers frozen (heads only) at first, in eval "
+        "mode (their batch-norm statistics do not move either)",
     )
     head_init: Literal["random", "class_means"] = Field(
         "random",

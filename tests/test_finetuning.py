@@ -111,3 +111,29 @@ def test_training_fingerprint_ignores_defaults_and_the_later_phase(tmp_path: Pat
     other = load_config(None, [f"paths.outputs={tmp_path}", "train.lr=0.001"])
     assert training_fingerprint(cfg) == training_fingerprint(same)
     assert training_fingerprint(cfg) != training_fingerprint(other)
+
+
+def test_large_margin_phase_keeps_the_head_and_warns_head_init_on_a_random_model(
+    tmp_path: Path, caplog
+) -> None:
+    """The large-margin phase continues the first phase's head (no re-imprinting) and keeps its
+    batch-norm choice; class-mean centres of a randomly initialised model are refused with a
+    warning, not computed."""
+    from src.config import load_config
+    from src.training.large_margin import large_margin_config
+    from src.training.train import train_stage
+
+    cfg = load_config(
+        None,
+        [f"paths.outputs={tmp_path}", "train.head_init=class_means",
+         "train.pretrained_batchnorm=frozen", "train.large_margin.enabled=true"],
+    )  # fmt: skip
+    phase = large_margin_config(cfg)
+    assert phase.train.head_init == "random"
+    assert phase.train.pretrained_batchnorm == "frozen"
+
+    tiny = prepare_tiny(tmp_path / "tiny", *SHORT, "train.epochs=1", "train.head_init=class_means")
+    with caplog.at_level(logging.INFO):
+        train_stage(tiny, 0)
+    assert "train.head_init=class_means needs a pretrained embedder" in caplog.text
+    assert "speaker centres from the class means" not in caplog.text

@@ -3,7 +3,8 @@
 With ``train.large_margin.enabled``, every fold of a trained run gets a few more epochs from
 its ``best.pt`` with longer crops (3-4 s), a larger margin at once (no warm-up) and a small
 learning rate, as in the VoxSRC-20 winners' recipe. The speaker head continues from the first
-phase (same fold, same speakers). The result is the run ``<run>_lmft`` with its own
+phase (same fold, same speakers; ``train.head_init`` is not applied again), and
+``train.pretrained_batchnorm`` carries over. The result is the run ``<run>_lmft`` with its own
 checkpoints, embeddings, OOF scores and figures; the stack takes both runs by default.
 """
 
@@ -28,6 +29,7 @@ def large_margin_config(cfg: ExperimentConfig) -> ExperimentConfig:
         "warmup_epochs": 0.0,
         "freeze_epochs": 0.0,
         "pretrained_lr_scale": 1.0,
+        "head_init": "random",  # the head continues from best.pt; imprinting would discard it
         "average_last": min(cfg.train.average_last, phase.epochs),
         "batch_size": phase.batch_size or cfg.train.batch_size,
         "large_margin": {**raw["train"]["large_margin"], "enabled": False},

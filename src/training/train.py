@@ -456,8 +456,13 @@ def set_up_run(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, group_schedules(cfg.train, steps, pretrained)
     )
-    if cfg.train.head_init == "class_means":
+    if cfg.train.head_init == "class_means" and pretrained:
         imprint_class_means(cfg, modules.model, modules.head, data, cache, device)
+    elif cfg.train.head_init == "class_means":
+        log.warning(
+            "train.head_init=class_means needs a pretrained embedder (its class means of a "
+            "random model are noise); this model starts from random weights, so the head does too"
+        )
     if pretrained:
         modules.hold_pretrained(
             still_steps(cfg.train, steps), cfg.train.pretrained_batchnorm == "frozen"
