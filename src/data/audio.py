@@ -297,6 +297,20 @@ def decode_audio(
     return clip
 
 
+def shown_below(value: float, limit: float, decimals: int) -> str:
+    """``value`` with at least ``decimals`` decimals and as many more as it takes to read
+    below ``limit`` (a message never says "0.20 s (< 0.2 s)").
+
+    >>> shown_below(0.1996, 0.2, 2), shown_below(-80.04, -80.0, 1), shown_below(0.15, 0.2, 2)
+    ('0.1996', '-80.04', '0.15')
+    """
+    for places in range(decimals, decimals + 8):
+        text = f"{value:.{places}f}"
+        if float(text) < limit:
+            return text
+    return repr(value)
+
+
 def unusable_reason(
     clip: DecodedClip, silence_dbfs: float | None, min_scored_seconds: float | None
 ) -> str | None:
@@ -327,12 +341,14 @@ def unusable_reason(
     if silence_dbfs is not None and rms < silence_dbfs:
         cause = silence_cause(peak, clip.dc_offset)
         return (
-            f"silent: RMS {rms:.1f} dBFS, peak {peak:.2g} (< {silence_dbfs:g} dBFS, "
+            f"silent: RMS {shown_below(rms, silence_dbfs, 1)} dBFS, peak {peak:.2g} "
+            f"(< {silence_dbfs:g} dBFS, "
             f"data.silence_dbfs): {cause}"
         )
     seconds = clip.duration
     if min_scored_seconds is not None and seconds < min_scored_seconds:
-        return f"too short: {seconds:.2f} s (< {min_scored_seconds:g} s, data.min_scored_seconds)"
+        shown = shown_below(seconds, min_scored_seconds, 2)
+        return f"too short: {shown} s (< {min_scored_seconds:g} s, data.min_scored_seconds)"
     return None
 
 

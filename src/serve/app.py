@@ -160,7 +160,7 @@ class BundleService:
         """One upload as a clip, and its warnings.
 
         Raises UploadError naming ``field``: the upload's own 4xx (:mod:`src.serve.uploads`), or
-        422 for a clip that decodes but must not be scored (silent, or too little speech: the
+        422 for a clip that decodes but must not be scored (silent, or too short to score: the
         rule and ``data.*`` thresholds with which ``prepare`` sends a test file to the fallback,
         :func:`src.data.audio.unusable_reason`).
         """
@@ -199,7 +199,7 @@ class BundleService:
 
     def score_batch(self, uploads: dict[str, bytes], pairs: pd.DataFrame) -> BatchPrediction:
         """The answers for ``pairs`` of uploads; a clip that fails to decode, or must not be
-        scored (silent, too little speech), fails its pairs: no label, the reason in ``error``."""
+        scored (silent, too short), fails its pairs: no label, the reason in ``error``."""
         clips, warnings, errors, by_file = {}, [], {}, {}
         for name, payload in uploads.items():
             try:

@@ -251,7 +251,8 @@ def label_known_copies(table: pd.DataFrame, copies: pd.DataFrame) -> pd.DataFram
 def with_fallback_rows(
     table: pd.DataFrame, expected: pd.DataFrame, fallback: pd.DataFrame, positive_share: float
 ) -> pd.DataFrame:
-    """The scored rows plus the rows that name a damaged file, in ``expected``'s order.
+    """The scored rows plus the rows that name an unusable file (missing, damaged, silent, too
+    short), in ``expected``'s order.
 
     A pair without two usable files has no score and no feature to stack: it gets the label the
     policy's prior favours (same speaker when ``positive_share >= 0.5``), ``score`` NaN and its
@@ -349,8 +350,9 @@ def submit_stage(cfg: ExperimentConfig) -> None:
         table = with_fallback_rows(table, full, fallback, cfg.submit.positive_share)
         check_submission(table, full)
         log.warning(
-            "%d test pair(s) answered by the fallback (label %d): they name a damaged file "
-            "(column 'fallback' of %s)",
+            "%d test pair(s) answered by the fallback (label %d): they name a missing, damaged, "
+            "silent or too short file (reasons in column 'fallback' of %s); the labels' "
+            "positive share counts them",
             len(fallback),
             int(cfg.submit.positive_share >= 0.5),
             cfg.submission_scores_path.name,
