@@ -433,11 +433,15 @@ def without_groups(graphs: GraphViews, groups: list[str]) -> GraphViews:
 
 
 def load_graph_views(
-    experiments: list[ExperimentScores], dirs: list[Path], fused_only: bool = False
+    experiments: list[ExperimentScores],
+    dirs: list[Path],
+    fused_only: bool = False,
+    with_fused: bool = True,
 ) -> tuple[GraphViews, dict[int, GraphSize]]:
     """Trial-graph features of every experiment, and of their fused graph when several (with
-    ``fused_only`` and several experiments: of the fused graph alone): OOF rows and one test
-    view per fold model, both from the fold's one graph; and the clips of each fold's graph."""
+    ``fused_only`` and several experiments: of the fused graph alone; without ``with_fused``,
+    for stackers of one experiment each: no fused graph): OOF rows and one test view per fold
+    model, both from the fold's one graph; and the clips of each fold's graph."""
     embeddings: dict[str, dict[int, dict]] = {}
     for experiment, directory in zip(experiments, dirs, strict=True):
         embeddings[experiment.name] = {}
@@ -449,10 +453,14 @@ def load_graph_views(
     started = time.perf_counter()
     reference = experiments[0]
     inputs = {e.name: {f: [v] for f, v in embeddings[e.name].items()} for e in experiments}
-    if len(experiments) > 1:
+    if len(experiments) > 1 and with_fused:
         inputs[FUSED] = {f: [embeddings[e.name][f] for e in experiments] for f in reference.folds}
         if fused_only:
             inputs = {FUSED: inputs[FUSED]}
+            log.info(
+                "graph features: the fused graph of %d experiments only (stack.graph_fused_only)",
+                len(experiments),
+            )
     views = graph_feature_views(inputs, reference.oof, reference.test)
     log.info(
         "graph features: %s in %.1f s", plural(len(views), "graph"), time.perf_counter() - started
@@ -577,8 +585,9 @@ def run_stack(
     graphs, guard = None, None
     if cfg.stack.graph_features:
         # one stacker over several experiments reads their fused graph (stack.graph_fused_only)
-        fused_only = cfg.stack.graph_fused_only and cfg.stack.average == "none"
-        graphs, sizes = load_graph_views(experiments, experiment_dirs, fused_only)
+        one_stacker = cfg.stack.average == "none"  # else one stacker per experiment: no fused
+        fused_only = cfg.stack.graph_fused_only and one_stacker
+        graphs, sizes = load_graph_views(experiments, experiment_dirs, fused_only, one_stacker)
         guard = graph_guard(graphs, sizes, experiments[0], cfg)
         graphs = without_groups(graphs, guard.dropped)
     fits = {"+".join(e.name for e in g): _stack_group(g, used_meta, cfg, graphs) for g in groups}
