@@ -106,3 +106,23 @@ def test_report_scores_only_the_fallback_rows_as_missing(tmp_path, caplog):
     assert (cosine["test_pairs_scored"], cosine["test_pairs"]) == (498, 500)
     assert "test_accuracy" in cosine["policies"]["eer"]
     assert "scored 498 of the 500 public-test pairs" in (out / "summary.md").read_text()
+
+
+def test_report_without_labels_has_no_line_on_partial_test_columns(tmp_path):
+    """Without an answer key there are no TEST columns, so the summary says nothing of theirs
+    when fallback rows were left unscored (metrics.json still counts the scored pairs)."""
+    cfg = synthetic(tmp_path, test_labels=False)
+    scores = cfg.paths.outputs / "cnn" / "test_scores.csv"
+    table = pd.read_csv(scores)
+    table.drop(index=[3]).to_csv(scores, index=False)
+    fallback = table.loc[[3], ["audio_1", "audio_2"]].assign(row=3, reason="x: silent")
+    fallback[["row", "audio_1", "audio_2", "reason"]].to_csv(
+        cfg.paths.prep_dir / "fallback_pairs.csv", index=False
+    )
+    report_stage(cfg)
+    out = cfg.paths.outputs / "report"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sources"]["cnn/cosine"]["test_pairs_scored"] == 499
+    summary = (out / "summary.md").read_text()
+    assert "TEST acc" not in summary and "TEST columns of sources" not in summary
+    assert "1 pair(s) name a test file with no usable audio" in summary

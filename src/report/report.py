@@ -415,7 +415,7 @@ def summary_markdown(
     partial = {
         e["test_pairs_scored"]: e["test_pairs"]
         for e in metrics["sources"].values()
-        if "test_pairs_scored" in e
+        if "test_pairs_scored" in e and metrics["test_labels"]  # else no TEST columns
     }
     for scored, total in partial.items():
         lines += [
