@@ -611,11 +611,11 @@ def _test_rows(
     kept = np.setdiff1d(np.arange(len(wanted)), fallback_rows)
     if len(kept) < len(wanted) and pairs.equals(wanted.iloc[kept].reset_index(drop=True)):
         return kept
+    less = (
+        f" less the {len(fallback_rows)} rows of fallback_pairs.csv" if len(fallback_rows) else ""
+    )
     log.warning(
-        "report: %s test rows differ from public-test.csv (less the %d fallback rows of "
-        "fallback_pairs.csv); no test metrics",
-        source.name,
-        len(fallback_rows),
+        "report: %s test rows differ from public-test.csv%s; no test metrics", source.name, less
     )
     return None
 
