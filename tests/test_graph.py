@@ -459,3 +459,26 @@ def test_several_experiments_read_their_fused_graph(tmp_path, fused_only: bool) 
     graph = {f.split("__g_")[0] for f in result.importances["feature"] if "__g_" in f}
     assert graph == ({"fused"} if fused_only else {"cnn", "cnn2", "fused"})
     assert result.test["prob"].notna().all()
+
+
+def test_one_stacker_per_experiment_reads_no_fused_graph(tmp_path, caplog) -> None:
+    """``stack.average=rank`` (one stacker per experiment) with graph features: each stacker
+    reads its own experiment's graph, and no fused graph is built (no stacker would read it)."""
+    import logging
+    import shutil
+
+    from src.stacking.stack import run_stack
+    from tests.fixtures.graph_inputs import write_graph_inputs
+
+    cfg, _ = write_graph_inputs(tmp_path, trials_per_fold=200, n_test_pairs=100)
+    shutil.copytree(cfg.paths.outputs / "cnn", cfg.paths.outputs / "cnn2")
+    stack = cfg.stack.model_copy(update={"experiments": ["cnn", "cnn2"], "average": "rank"})
+    dirs = [cfg.paths.outputs / "cnn", cfg.paths.outputs / "cnn2"]
+    with caplog.at_level(logging.INFO):
+        result = run_stack(cfg.model_copy(update={"stack": stack}), dirs, tmp_path / "stack")
+    graph = {f.split("__g_")[0] for f in result.importances["feature"] if "__g_" in f}
+    assert graph == {"cnn", "cnn2"}
+    assert set(result.importances["model"]) == {"cnn", "cnn2"}
+    assert "graph features: 2 graphs in" in caplog.text  # not 3: no fused graph
+    assert result.test["prob"].notna().all() and result.test["prob"].between(0, 1).all()
+    assert "without_graph" in result.metrics

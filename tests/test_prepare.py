@@ -177,3 +177,19 @@ def test_resampling_and_long_clip_truncation(tmp_path: Path) -> None:
 def test_decode_refuses_missing_file(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match="not found"):
         decode_audio(tmp_path / "nope.wav")
+
+
+def test_unusable_reasons_read_below_their_threshold() -> None:
+    """A clip just under a threshold is not printed as the threshold itself ("0.20 s (< 0.2 s)"):
+    the value gets as many decimals as it takes (doctests are not collected by pytest)."""
+    from src.data.audio import describe_clip, shown_below, unusable_reason
+
+    tone = np.sin(np.arange(3197, dtype=np.float32) / 4)  # 0.1998 s at 16 kHz
+    reason = unusable_reason(describe_clip(tone, 16000, 3197, 16000, 0.1), -80.0, 0.2)
+    assert reason == "too short: 0.1998 s (< 0.2 s, data.min_scored_seconds)"
+    hum = np.float32(10 ** (-80.04 / 20) * np.sqrt(2)) * np.sin(np.arange(16000) / 4)
+    clip = describe_clip(hum.astype(np.float32), 16000, 16000, 16000, 0.1)
+    assert -80.05 < clip.rms_dbfs < -80.0
+    assert unusable_reason(clip, -80.0, 0.2).startswith("silent: RMS -80.04 dBFS")
+    assert shown_below(0.15, 0.2, 2) == "0.15" and shown_below(float("-inf"), -80.0, 1) == "-inf"
+    assert shown_below(float("nan"), 0.2, 2) == "nan"

@@ -75,3 +75,54 @@ def test_report_says_when_the_answer_key_does_not_match(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert not metrics["test_labels"] and "lacks 3 of the 500" in metrics["answer_key_problem"]
     assert "## Answer key" in (out / "summary.md").read_text()
+
+
+def test_report_scores_only_the_fallback_rows_as_missing(tmp_path, caplog):
+    """A source that lacks exactly the fallback rows (``fallback_pairs.csv``) gets test figures on
+    the rest; one that lacks any other row (a stale or truncated table) gets none, with a
+    warning, rather than figures said to leave out fallback answers."""
+    import logging
+
+    cfg = synthetic(tmp_path)
+    scores = cfg.paths.outputs / "cnn" / "test_scores.csv"
+    table = pd.read_csv(scores)
+    table.drop(index=[3, 7]).to_csv(scores, index=False)  # two rows lost, no fallback file
+    with caplog.at_level(logging.WARNING):
+        report_stage(cfg, force=True)
+    out = cfg.paths.outputs / "report"
+    metrics = json.loads((out / "metrics.json").read_text())
+    cosine = metrics["sources"]["cnn/cosine"]
+    assert "test_pairs_scored" not in cosine and "test_accuracy" not in cosine["policies"]["eer"]
+    assert "cnn/cosine test rows differ from public-test.csv" in caplog.text
+    assert "scored 498 of the 500" not in (out / "summary.md").read_text()
+
+    fallback = table.loc[[3, 7], ["audio_1", "audio_2"]].assign(row=[3, 7], reason="x: silent")
+    fallback[["row", "audio_1", "audio_2", "reason"]].to_csv(
+        cfg.paths.prep_dir / "fallback_pairs.csv", index=False
+    )  # the same two rows, now answered by the fallback
+    report_stage(cfg, force=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    cosine = metrics["sources"]["cnn/cosine"]
+    assert (cosine["test_pairs_scored"], cosine["test_pairs"]) == (498, 500)
+    assert "test_accuracy" in cosine["policies"]["eer"]
+    assert "scored 498 of the 500 public-test pairs" in (out / "summary.md").read_text()
+
+
+def test_report_without_labels_has_no_line_on_partial_test_columns(tmp_path):
+    """Without an answer key there are no TEST columns, so the summary says nothing of theirs
+    when fallback rows were left unscored (metrics.json still counts the scored pairs)."""
+    cfg = synthetic(tmp_path, test_labels=False)
+    scores = cfg.paths.outputs / "cnn" / "test_scores.csv"
+    table = pd.read_csv(scores)
+    table.drop(index=[3]).to_csv(scores, index=False)
+    fallback = table.loc[[3], ["audio_1", "audio_2"]].assign(row=3, reason="x: silent")
+    fallback[["row", "audio_1", "audio_2", "reason"]].to_csv(
+        cfg.paths.prep_dir / "fallback_pairs.csv", index=False
+    )
+    report_stage(cfg)
+    out = cfg.paths.outputs / "report"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sources"]["cnn/cosine"]["test_pairs_scored"] == 499
+    summary = (out / "summary.md").read_text()
+    assert "TEST acc" not in summary and "TEST columns of sources" not in summary
+    assert "1 pair(s) name a test file with no usable audio" in summary

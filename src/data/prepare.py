@@ -57,7 +57,7 @@ from src.util.stage_cache import fingerprint, is_fresh, mark_done, mark_started,
 
 log = logging.getLogger(__name__)
 
-FALLBACK_NAME = "fallback_pairs.csv"  # test pairs naming a damaged file: answered by submit
+FALLBACK_NAME = "fallback_pairs.csv"  # test pairs naming an unusable file: answered by submit
 MANIFEST_COLUMNS = [
     "id", "name", "path", "split", "speaker", "gender", "age", "duration", "sample_rate",
     "channels", "frames", "bytes", "md5", "status", "duplicate_of", "rms_dbfs", "peak", "snr_db",
@@ -408,8 +408,9 @@ def fallback_pairs(
 
 
 def read_fallback_pairs(prep_dir: Path) -> pd.DataFrame:
-    """``fallback_pairs.csv`` (row, audio_1, audio_2, reason): the test CSV rows that name a
-    damaged file; empty when there are none or the file is absent (no test CSV)."""
+    """``fallback_pairs.csv`` (row, audio_1, audio_2, reason): the test CSV rows that name an
+    unusable file (missing, damaged, silent, too short); empty when there are none or the file
+    is absent (no test CSV)."""
     path = prep_dir / FALLBACK_NAME
     if not path.is_file():
         return pd.DataFrame(columns=["row", "audio_1", "audio_2", "reason"]).astype({"row": int})

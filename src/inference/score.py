@@ -255,7 +255,8 @@ def _test_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
     except DataLayoutError as err:
         log.warning("%s: no test metrics", err)
         return {"answer_key_problem": str(err)}
-    # rows naming a damaged file are not among the scored pairs (submit answers them)
+    # rows naming an unusable file (missing, damaged, silent, too short) are not among the
+    # scored pairs (submit answers them)
     fallback = read_fallback_pairs(cfg.paths.prep_dir)["row"].tolist()
     if len(fallback) and len(key) == len(table) + len(fallback):
         key = key.drop(index=fallback).reset_index(drop=True)

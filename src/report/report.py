@@ -415,7 +415,7 @@ def summary_markdown(
     partial = {
         e["test_pairs_scored"]: e["test_pairs"]
         for e in metrics["sources"].values()
-        if "test_pairs_scored" in e
+        if "test_pairs_scored" in e and metrics["test_labels"]  # else no TEST columns
     }
     for scored, total in partial.items():
         lines += [
@@ -592,13 +592,15 @@ def _stack_extras(stack_dir: Path) -> dict:
     return extra
 
 
-def _test_rows(source: Source, expected: pd.DataFrame | None) -> np.ndarray | None:
+def _test_rows(
+    source: Source, expected: pd.DataFrame | None, fallback_rows: np.ndarray
+) -> np.ndarray | None:
     """Positions in ``expected`` (the public-test rows) of ``source``'s test pairs.
 
-    All rows when they are the public-test rows in order; the rows of the scored pairs when the
-    source lacks only some rows (pairs answered by the fallback have no score), in order.
-    ``None``, with a warning, when its pairs are not a sub-sequence of the public-test rows
-    (then it has no test metrics).
+    All rows when they are the public-test rows in order; the other rows, in order, when the
+    source lacks exactly the ``fallback_rows`` (the rows of ``fallback_pairs.csv``: pairs
+    answered by the fallback have no score). ``None``, with a warning, otherwise (a stale or
+    truncated test table: then it has no test metrics).
     """
     if source.test_pairs is None or expected is None:
         return None
@@ -606,19 +608,16 @@ def _test_rows(source: Source, expected: pd.DataFrame | None) -> np.ndarray | No
     wanted = expected.astype(str).reset_index(drop=True)
     if pairs.equals(wanted):
         return np.arange(len(wanted))
-    keys = (wanted["audio_1"] + "\t" + wanted["audio_2"]).tolist()
-    rows, at = [], 0
-    for key in pairs["audio_1"] + "\t" + pairs["audio_2"]:
-        while at < len(keys) and keys[at] != key:
-            at += 1
-        if at == len(keys):
-            log.warning(
-                "report: %s test rows differ from public-test.csv; no test metrics", source.name
-            )
-            return None
-        rows.append(at)
-        at += 1
-    return np.asarray(rows, dtype=np.int64)
+    kept = np.setdiff1d(np.arange(len(wanted)), fallback_rows)
+    if len(kept) < len(wanted) and pairs.equals(wanted.iloc[kept].reset_index(drop=True)):
+        return kept
+    less = (
+        f" less the {len(fallback_rows)} rows of fallback_pairs.csv" if len(fallback_rows) else ""
+    )
+    log.warning(
+        "report: %s test rows differ from public-test.csv%s; no test metrics", source.name, less
+    )
+    return None
 
 
 WARNINGS_FILE = "warnings.json"  # the summary's WARNING lines, logged again when reused
@@ -675,7 +674,9 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         if expected is not None
         else (None, "")
     )
-    rows = {name: _test_rows(s, expected) for name, s in sources.items()}
+    fallback = read_fallback_pairs(cfg.paths.prep_dir)
+    fallback_rows = fallback["row"].to_numpy(dtype=np.int64)
+    rows = {name: _test_rows(s, expected, fallback_rows) for name, s in sources.items()}
     sources = {n: s if rows[n] is not None else Source(n, s.oof, None) for n, s in sources.items()}
     main = "stack" if "stack" in sources else next(iter(sources))
     metrics = {
@@ -720,7 +721,6 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     diagnostics = diagnostics_for(cfg, sources, main, metrics, thresholds, collapsed)
     extra = _stack_extras(cfg.stack_dir)
     extra["test_train_copies"] = _copies(cfg)
-    fallback = read_fallback_pairs(cfg.paths.prep_dir)
     extra["fallback_pairs"] = None if fallback.empty else fallback
     extra["graph"] = graph
     extra["data_notes"] = data_notes(cfg.paths.prep_dir, manifest)
