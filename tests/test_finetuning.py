@@ -137,3 +137,30 @@ def test_large_margin_phase_keeps_the_head_and_warns_head_init_on_a_random_model
         train_stage(tiny, 0)
     assert "train.head_init=class_means needs a pretrained embedder" in caplog.text
     assert "speaker centres from the class means" not in caplog.text
+
+
+def test_head_init_keeps_a_head_that_came_with_the_checkpoint(tmp_path: Path, caplog) -> None:
+    """train.init_checkpoint trained on the same speakers brings its speaker head; head_init=
+    class_means must not overwrite it with class means (it would discard what was learned)."""
+    from src.data.cache import AudioCache
+    from src.training.batches import TrainingSet
+    from src.training.train import build_training_objects, fold_training_data, initialise_head
+
+    cfg = prepare_tiny(tmp_path, *SHORT, "train.epochs=1")
+    train_stage(cfg, 0)
+    best = cfg.fold_dir(0) / "best.pt"
+    tuned = cfg.model_copy(
+        update={"train": cfg.train.model_copy(
+            update={"init_checkpoint": str(best), "head_init": "class_means"})}
+    )  # fmt: skip
+    split = fold_training_data(tuned, 0)
+    data = TrainingSet.from_files(split.train_files)
+    device = torch.device("cpu")
+    modules, _, start = build_training_objects(tuned, data.speakers, device, 0, split.oof_speakers)
+    assert start.pretrained and start.heads_loaded
+    before = {k: v.clone() for k, v in modules.head.state_dict().items()}
+    with caplog.at_level(logging.INFO):
+        initialise_head(tuned, modules, start, (data, AudioCache(cfg.paths.prep_dir), device))
+    assert "the checkpoint's speaker head is kept" in caplog.text
+    for name, tensor in modules.head.state_dict().items():
+        assert torch.equal(tensor, before[name]), name

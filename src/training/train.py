@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -297,6 +297,14 @@ def load_heads(modules: TrainingModule, heads: dict[str, Any], path: Path) -> No
     log.info("continuing with the speaker head of %s (same training speakers)", path)
 
 
+class StartingPoint(NamedTuple):
+    """Where a fold's training starts: a pretrained embedder (weights or a checkpoint), and
+    speaker heads loaded from a checkpoint trained on the same speakers."""
+
+    pretrained: bool
+    heads_loaded: bool
+
+
 def build_training_objects(
     cfg: ExperimentConfig,
     speakers: list[str],
@@ -306,16 +314,17 @@ def build_training_objects(
     world_size: int = 1,
 ):
     """Training module (optionally initialised from pretrained weights or a checkpoint), its
-    optimiser with two parameter groups (embedder, heads), and whether the embedder starts
-    pretrained (then ``train.pretrained_lr_scale`` and ``train.freeze_epochs`` apply to it).
+    optimiser with two parameter groups (embedder, heads), and where it starts
+    (:class:`StartingPoint`: a pretrained embedder gets ``train.pretrained_lr_scale`` and
+    ``train.freeze_epochs``; heads loaded from the checkpoint are not imprinted again).
 
     The peak rate is ``train.lr`` scaled to the global batch by ``train.lr_scaling``; on CUDA
     the optimiser runs its fused kernel (``train.speed.fused_optimizer``)."""
     modules = TrainingModule(cfg, len(speakers))
-    pretrained = has_pretrained_weights(cfg.model)
+    pretrained, heads_loaded = has_pretrained_weights(cfg.model), False
     start = init_checkpoint_path(cfg, fold)
     if start is not None:
-        load_pretrained_embedder(
+        heads_loaded = load_pretrained_embedder(
             modules.model, start, oof_speakers, cfg.train.allow_seen_speakers, modules, speakers
         )
         pretrained = True
@@ -366,7 +375,7 @@ def build_training_objects(
         )
     else:
         optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay, **kernel)
-    return modules, optimiser, pretrained
+    return modules, optimiser, StartingPoint(pretrained, heads_loaded)
 
 
 def train_stage(
@@ -427,6 +436,26 @@ class TrainingRun:
     trainable: torch.nn.Module  # ``modules``, wrapped in DistributedDataParallel under torchrun
 
 
+def initialise_head(
+    cfg: ExperimentConfig,
+    modules: TrainingModule,
+    start: StartingPoint,
+    clips: tuple[TrainingSet, AudioCache, torch.device],
+) -> None:
+    """``train.head_init=class_means``: imprint the speaker head from the starting embedder,
+    unless it has nothing to give (random weights: a warning) or the head came with the
+    checkpoint (trained on these speakers: kept)."""
+    if start.heads_loaded:
+        log.info("train.head_init=class_means: the checkpoint's speaker head is kept")
+    elif not start.pretrained:
+        log.warning(
+            "train.head_init=class_means needs a pretrained embedder (its class means of a "
+            "random model are noise); this model starts from random weights, so the head does too"
+        )
+    else:
+        imprint_class_means(cfg, modules.model, modules.head, *clips)
+
+
 def set_up_run(
     cfg: ExperimentConfig, fold: int, stamp: str, split: FoldTrainingData | None
 ) -> TrainingRun:
@@ -450,19 +479,15 @@ def set_up_run(
     # every rank takes the same number of steps (a DDP requirement); batches are drawn by
     # global step number, so ranks never share a batch
     steps = -(-steps_per_epoch(cfg.train, len(data.ids)) // ctx.world_size)
-    modules, optimiser, pretrained = build_training_objects(
+    modules, optimiser, start = build_training_objects(
         cfg, data.speakers, device, fold, split.oof_speakers, ctx.world_size
     )
+    pretrained = start.pretrained
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, group_schedules(cfg.train, steps, pretrained)
     )
-    if cfg.train.head_init == "class_means" and pretrained:
-        imprint_class_means(cfg, modules.model, modules.head, data, cache, device)
-    elif cfg.train.head_init == "class_means":
-        log.warning(
-            "train.head_init=class_means needs a pretrained embedder (its class means of a "
-            "random model are noise); this model starts from random weights, so the head does too"
-        )
+    if cfg.train.head_init == "class_means":
+        initialise_head(cfg, modules, start, (data, cache, device))
     if pretrained:
         modules.hold_pretrained(
             still_steps(cfg.train, steps), cfg.train.pretrained_batchnorm == "frozen"
