@@ -61,3 +61,8 @@ def test_damaged_test_file_gets_fallback_answers(tmp_path: Path) -> None:
     assert stack["test_pairs_scored"] == len(scored) and stack["test_pairs"] == len(expected)
     assert "test_accuracy" in stack["policies"]["balanced"]
     assert f"scored {len(scored)} of the {len(expected)} public-test pairs" in summary
+    key = pd.read_csv(root / "public-test-labels.csv")  # the leaderboard's figure: every row
+    written = metrics["submission"]
+    assert written["rows"] == len(expected)
+    assert written["test_accuracy"] == pytest.approx((submission["label"] == key["label"]).mean())
+    assert "The written submission" in summary

@@ -154,6 +154,24 @@ def _scored_share(rows: np.ndarray | None, expected: pd.DataFrame | None) -> dic
     return {"test_pairs_scored": len(rows), "test_pairs": len(expected)}
 
 
+def submission_accuracy(path: Path, test_labels: np.ndarray) -> dict | None:
+    """Accuracy of the written submission over every public-test row, fallback answers and
+    transitive consistency included: the figure a leaderboard computes. ``None`` when there is
+    no submission yet or its row count differs from the answer key's (then a warning)."""
+    if not path.is_file():
+        return None
+    labels = pd.read_csv(path, dtype={"label": "Int64"})["label"]
+    if len(labels) != len(test_labels) or labels.isna().any():
+        log.warning("report: %s does not have one label per public-test row; skipped", path.name)
+        return None
+    predicted = labels.to_numpy(dtype=np.int64)
+    return {
+        "rows": len(predicted),
+        "test_accuracy": float((predicted == test_labels).mean()),
+        "positive_share": float(predicted.mean()),
+    }
+
+
 def policy_accuracies(
     source: Source, positive_share: float, test_labels: np.ndarray | None
 ) -> dict[str, dict[str, float]]:
@@ -412,6 +430,14 @@ def summary_markdown(
         "",
         _table(pd.DataFrame(rows)),
     ]
+    written = metrics.get("submission")
+    if written:
+        lines += [
+            "",
+            f"The written submission ({written['rows']} rows, every answer as submitted: "
+            f"fallback answers and transitive consistency included) scores "
+            f"**{_pct(written['test_accuracy'])}** against the answer key.",
+        ]
     partial = {
         e["test_pairs_scored"]: e["test_pairs"]
         for e in metrics["sources"].values()
@@ -642,7 +668,7 @@ def report_inputs(cfg: ExperimentConfig) -> list[Path]:
     files += sorted(prep.glob("*.csv")) if prep.is_dir() else []
     files.append(cfg.bundle_dir / "manifest.json")  # the bundle's invariance check (recording.py)
     test_csv = cfg.paths.input / cfg.data.test_csv
-    return [*files, test_csv, test_csv.parent / LABELS_FILE]
+    return [*files, test_csv, test_csv.parent / LABELS_FILE, cfg.submission_path]
 
 
 def report_fingerprint(cfg: ExperimentConfig) -> str:
@@ -695,6 +721,8 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
             for name, s in sources.items()
         },
     }
+    if test_labels is not None:
+        metrics["submission"] = submission_accuracy(cfg.submission_path, test_labels)
     by_duration = by_gender = graph = manifest = warnings = None
     if (cfg.paths.prep_dir / "manifest.csv").is_file():
         manifest = load_manifest(cfg.paths.prep_dir)
