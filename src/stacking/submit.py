@@ -351,8 +351,9 @@ def submit_stage(cfg: ExperimentConfig) -> None:
         check_submission(table, full)
         log.warning(
             "%d test pair(s) answered by the fallback (label %d): they name a missing, damaged, "
-            "silent or too short file (reasons in column 'fallback' of %s); the labels' "
-            "positive share counts them",
+            "silent or too short file (reasons in column 'fallback' of %s); the submission's "
+            "share of same-speaker labels includes them, so it can differ from "
+            "submit.positive_share",
             len(fallback),
             int(cfg.submit.positive_share >= 0.5),
             cfg.submission_scores_path.name,
