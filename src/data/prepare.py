@@ -418,6 +418,33 @@ def read_fallback_pairs(prep_dir: Path) -> pd.DataFrame:
     return table.astype({"row": int})
 
 
+def scored_rows(
+    pairs: pd.DataFrame, expected: pd.DataFrame, fallback_rows: np.ndarray
+) -> np.ndarray | None:
+    """Positions in ``expected`` (the public-test rows) of a scored table's ``pairs``.
+
+    Shapes: ``pairs`` and ``expected`` with columns ``audio_1, audio_2``; ``fallback_rows``
+    the rows of ``fallback_pairs.csv`` -> ``(len(pairs),)`` positions. All rows when the pairs
+    are the public-test rows in order; the other rows, in order, when exactly the
+    ``fallback_rows`` are missing (their pairs have no score: submit answers them); ``None``
+    otherwise (a stale or truncated table, or another test set).
+
+    >>> rows = pd.DataFrame({"audio_1": ["a", "b", "c"], "audio_2": ["x", "y", "z"]})
+    >>> scored_rows(rows.iloc[[0, 2]], rows, np.array([1]))
+    array([0, 2])
+    >>> print(scored_rows(rows.iloc[[0, 1]], rows, np.array([1])))
+    None
+    """
+    got = pairs[["audio_1", "audio_2"]].astype(str).reset_index(drop=True)
+    wanted = expected[["audio_1", "audio_2"]].astype(str).reset_index(drop=True)
+    if got.equals(wanted):
+        return np.arange(len(wanted))
+    kept = np.setdiff1d(np.arange(len(wanted)), fallback_rows)
+    if len(kept) < len(wanted) and got.equals(wanted.iloc[kept].reset_index(drop=True)):
+        return kept
+    return None
+
+
 def promote(staging: Path, target: Path) -> None:
     """Move every file of ``staging`` into ``target``; the manifest goes first and comes last.
 

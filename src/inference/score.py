@@ -27,7 +27,7 @@ import pandas as pd
 
 from src.config import ExperimentConfig
 from src.data.pairs import DataLayoutError, read_answer_key, read_pair_csv
-from src.data.prepare import read_fallback_pairs
+from src.data.prepare import read_fallback_pairs, scored_rows
 from src.inference.embed import load_embeddings
 from src.inference.gender import gather_gender_tables
 from src.inference.metrics import accuracy_at, balanced_threshold, summarise
@@ -257,22 +257,16 @@ def _test_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
         return {"answer_key_problem": str(err)}
     # rows naming an unusable file (missing, damaged, silent, too short) are not among the
     # scored pairs (submit answers them)
-    fallback = read_fallback_pairs(cfg.paths.prep_dir)["row"].tolist()
-    if len(fallback) and len(key) == len(table) + len(fallback):
-        key = key.drop(index=fallback).reset_index(drop=True)
-    if (
-        len(key) != len(table)
-        or not {"audio_1", "audio_2", "label"} <= set(key.columns)
-        or not (key["audio_1"].to_numpy() == table["audio_1"].to_numpy()).all()
-        or not (key["audio_2"].to_numpy() == table["audio_2"].to_numpy()).all()
-    ):
+    fallback = read_fallback_pairs(cfg.paths.prep_dir)["row"].to_numpy(dtype=np.int64)
+    rows = scored_rows(table, key, fallback)
+    if rows is None:
         problem = (
             f"{key_path} does not match the {len(table)} test pairs row by row "
             f"({len(key)} rows): no test metrics"
         )
         log.warning("%s", problem)
         return {"answer_key_problem": problem}
-    labels = key["label"].to_numpy()
+    labels = key["label"].to_numpy()[rows]
     share = cfg.submit.positive_share
     result: dict = {"answer_key": str(key_path), "note": ORACLE_NOTE}
     for column in ("cosine", "asnorm"):

@@ -33,7 +33,7 @@ import pandas as pd
 
 from src.config import ExperimentConfig
 from src.data.pairs import DataLayoutError, read_answer_key
-from src.data.prepare import read_fallback_pairs
+from src.data.prepare import read_fallback_pairs, scored_rows
 from src.inference.metrics import equal_error_rate, summarise
 from src.stacking.inputs import (
     PAIR_KEYS,
@@ -621,29 +621,26 @@ def _stack_extras(stack_dir: Path) -> dict:
 def _test_rows(
     source: Source, expected: pd.DataFrame | None, fallback_rows: np.ndarray
 ) -> np.ndarray | None:
-    """Positions in ``expected`` (the public-test rows) of ``source``'s test pairs.
-
-    All rows when they are the public-test rows in order; the other rows, in order, when the
-    source lacks exactly the ``fallback_rows`` (the rows of ``fallback_pairs.csv``: pairs
-    answered by the fallback have no score). ``None``, with a warning, otherwise (a stale or
-    truncated test table: then it has no test metrics).
+    """Positions in ``expected`` (the public-test rows) of ``source``'s test pairs
+    (:func:`src.data.prepare.scored_rows`: all rows, or all but exactly the ``fallback_rows``).
+    ``None`` without test pairs, and with a warning when they are neither (a stale or truncated
+    test table: then it has no test metrics).
     """
     if source.test_pairs is None or expected is None:
         return None
-    pairs = source.test_pairs.astype(str).reset_index(drop=True)
-    wanted = expected.astype(str).reset_index(drop=True)
-    if pairs.equals(wanted):
-        return np.arange(len(wanted))
-    kept = np.setdiff1d(np.arange(len(wanted)), fallback_rows)
-    if len(kept) < len(wanted) and pairs.equals(wanted.iloc[kept].reset_index(drop=True)):
-        return kept
-    less = (
-        f" less the {len(fallback_rows)} rows of fallback_pairs.csv" if len(fallback_rows) else ""
-    )
-    log.warning(
-        "report: %s test rows differ from public-test.csv%s; no test metrics", source.name, less
-    )
-    return None
+    rows = scored_rows(source.test_pairs, expected, fallback_rows)
+    if rows is None:
+        less = (
+            f" less the {len(fallback_rows)} rows of fallback_pairs.csv"
+            if len(fallback_rows)
+            else ""
+        )
+        log.warning(
+            "report: %s test rows differ from public-test.csv%s; no test metrics",
+            source.name,
+            less,
+        )
+    return rows
 
 
 WARNINGS_FILE = "warnings.json"  # the summary's WARNING lines, logged again when reused
