@@ -2,7 +2,8 @@
 
 Commands: ``run`` (the whole pipeline in one process, as ``bash run.sh``), one stage by name
 (each reads the files the previous one wrote and can be rerun on its own), ``leaderboard``,
-``show-config`` (``--explain``: every key with its meaning and default), ``demo``.
+``show-config`` (``--explain``: every key with its meaning and default), ``demo``, ``predict``
+(the exported bundle's answers for a folder of clips and a pair list, as ``predict_batch``).
 ``python -m src <stage> --help`` says what a stage reads and writes.
 """
 
@@ -41,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUN_CONFIG = REPO / "configs" / "demo.yaml"
 
 
-TOOLS = ("run", "leaderboard", "demo", "show-config")
+TOOLS = ("run", "leaderboard", "demo", "show-config", "predict")
 
 
 class UsageError(ValueError):
@@ -64,7 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold", type=int, default=None, help="one fold (train, embed)")
     parser.add_argument("--force", action="store_true", help="redo even if outputs are fresh")
     parser.add_argument("--resume", action="store_true", help="train: continue from last.pt")
-    parser.add_argument("--out", type=Path, default=None, help="demo: where to write the data")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="demo: where to write the data; predict: the CSV"
+    )
+    parser.add_argument("--audio", type=Path, default=None, help="predict: a folder of clips")
+    parser.add_argument("--pairs", type=Path, default=None, help="predict: its pair list (CSV)")
+    parser.add_argument(
+        "--stacker", default="auto", choices=["auto", "graph", "pairwise"], help="predict: which"
+    )
     parser.add_argument("--stage", dest="first", default="0", help="run: first stage")
     parser.add_argument("--stop-stage", dest="last", default="8", help="run: last stage")
     parser.add_argument("--demo", action="store_true", help="run: demo data if input is empty")
@@ -85,6 +93,7 @@ def stage_help(stage: str) -> str:
             "leaderboard": inspect.getdoc(import_module("src.report.leaderboard")),
             "demo": "Write the deterministic demo data set (Zalo layout) to --out.",
             "show-config": "Print the resolved config; --explain prints every key's meaning.",
+            "predict": inspect.getdoc(import_module("src.serve.predict")),
         }[stage]
     usage = f"usage: python -m src {stage} --config configs/X.yaml [options] [key.sub=value ...]"
     return f"{usage}\n\n{text}\n"
@@ -132,6 +141,17 @@ def run_tool(args: argparse.Namespace, cfg: ExperimentConfig) -> None:
         from src.data.demo import generate_demo
 
         generate_demo(args.out or cfg.paths.input, seed=cfg.seed)
+    elif args.stage == "predict":
+        from src.serve.predict import predict_folder
+
+        test = cfg.paths.input
+        predict_folder(
+            cfg,
+            args.audio or test / cfg.data.test_dir,
+            args.pairs or test / cfg.data.test_csv,
+            args.out or cfg.paths.outputs / "predictions.csv",
+            args.stacker,
+        )
     elif args.stage == "leaderboard":
         from src.report.leaderboard import config_outputs, print_leaderboard
 

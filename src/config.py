@@ -499,9 +499,24 @@ class ServeConfig(Section):
     max_pending: int = Field(
         8, ge=1, description="requests queued for the model at once; more get 503 (busy)"
     )
-    max_batch_files: int = Field(64, ge=2, description="files one predict_batch request may send")
+    max_batch_files: int = Field(
+        4096,
+        ge=2,
+        description="files one predict_batch request may send (a Zalo-size public test, about "
+        "2,800 clips, fits one request, so that it is one trial graph)",
+    )
     max_batch_pairs: int = Field(
-        5000, ge=1, description="pairs one predict_batch request may ask for"
+        100_000, ge=1, description="pairs one predict_batch request may ask for"
+    )
+    max_batch_mb: float = Field(
+        2048.0, gt=0, description="megabytes of files one predict_batch request may send in all"
+    )
+    graph_min_share: float = Field(
+        0.5,
+        ge=0,
+        description="predict_batch answers with the graph stacker (the submission's, trial-graph "
+        "features in) when its usable clips are at least this share of the test clips the "
+        "stacker was fitted with; smaller batches get the stacker without graph features",
     )
 
 

@@ -71,6 +71,7 @@ from .uploads import UploadError, decode_upload
 log = logging.getLogger(__name__)
 
 MULTIPART_SLACK_BYTES = 1 << 20  # form boundaries, headers and the pair list around the files
+STACKERS = ("auto", "graph", "pairwise")  # predict_batch's ``stacker`` field
 
 
 class Prediction(BaseModel):
@@ -86,13 +87,17 @@ class PairPrediction(BaseModel):
     audio_2: str
     label: int | None = None
     probability: float | None = None
+    stacker: str | None = None  # "graph" (the submission's) or "pairwise"; None: not answered
     scores: dict[str, dict[str, float]] = {}
     error: str | None = None
     warnings: list[str] = []  # about either clip of this pair
 
 
 class BatchPrediction(BaseModel):
-    threshold: float
+    threshold: float  # of the stacker that answered (graph: the submission's own threshold)
+    stacker: str  # "graph": the trial graph of the batch's clips; "pairwise": no graph features
+    stacker_reason: str
+    graph_clips: int  # usable clips of the batch: its trial graph's test clips
     results: list[PairPrediction]
     refused: int = 0  # pairs with no label: a clip that cannot be decoded or scored (``error``)
     warnings: list[str] = []
@@ -147,8 +152,14 @@ class BundleService:
         When a clip gets a warning (``src/data/checks.py``).
     """
 
-    def __init__(self, model: BundleModel, serve: ServeConfig, checks: ChecksConfig) -> None:
-        self.model, self.serve, self.checks = model, serve, checks
+    def __init__(
+        self,
+        model: BundleModel,
+        serve: ServeConfig,
+        checks: ChecksConfig,
+        stacker: str = "auto",
+    ) -> None:
+        self.model, self.serve, self.checks, self.stacker = model, serve, checks, stacker
         self.max_file_bytes = int(serve.max_upload_mb * 2**20)
         self.data = model.stack_cfg.data
         # a clip the pipeline would truncate is refused instead: the answer would differ
@@ -197,9 +208,13 @@ class BundleService:
             warnings=warnings,
         )
 
-    def score_batch(self, uploads: dict[str, bytes], pairs: pd.DataFrame) -> BatchPrediction:
+    def score_batch(
+        self, uploads: dict[str, bytes], pairs: pd.DataFrame, stacker: str | None = None
+    ) -> BatchPrediction:
         """The answers for ``pairs`` of uploads; a clip that fails to decode, or must not be
-        scored (silent, too short), fails its pairs: no label, the reason in ``error``."""
+        scored (silent, too short), fails its pairs: no label, the reason in ``error``.
+        ``stacker``: ``auto`` (default: the service's), ``graph`` or ``pairwise`` (see
+        :meth:`BundleModel.stacker_for`)."""
         clips, warnings, errors, by_file = {}, [], {}, {}
         for name, payload in uploads.items():
             try:
@@ -208,7 +223,12 @@ class BundleService:
             except UploadError as err:
                 errors[name] = str(err)
         bad = pairs["audio_1"].isin(errors) | pairs["audio_2"].isin(errors)
-        answered = self.model.answer(clips, pairs[~bad]) if (~bad).any() else pairs.iloc[:0]
+        asked = stacker or self.stacker
+        stacker = self.model.stacker_for(len(clips), self.serve.graph_min_share, asked)
+        reason = stacker_reason(self.model, stacker, len(clips), self.serve.graph_min_share)
+        answered = (
+            self.model.answer(clips, pairs[~bad], stacker) if (~bad).any() else pairs.iloc[:0]
+        )
         results, rows = [], iter(answered.to_dict("records"))
         for a, b, failed in zip(pairs["audio_1"], pairs["audio_2"], bad, strict=True):
             if failed:
@@ -222,12 +242,17 @@ class BundleService:
                     audio_2=b,
                     label=int(row["label"]),
                     probability=float(row["probability"]),
+                    stacker=stacker,
                     scores=run_scores(self.model, row),
                     warnings=[w for n in dict.fromkeys((a, b)) for w in by_file[n]],
                 )
             )
+        graph = self.model.graph
         return BatchPrediction(
-            threshold=self.model.threshold,
+            threshold=graph.threshold if stacker == "graph" and graph else self.model.threshold,
+            stacker=stacker,
+            stacker_reason=reason,
+            graph_clips=len(clips),
             results=results,
             refused=int(bad.sum()),
             warnings=warnings,
@@ -264,8 +289,18 @@ class BundleService:
             log.warning("could not score a pair: %s", err)
             raise HTTPException(422, detail=str(err)) from None
 
-    async def predict_batch(self, files: list[UploadFile], pairs: str) -> BatchPrediction:
-        """``/api/predict_batch``: 413 for too many files or pairs, 400 for a bad pair list."""
+    async def predict_batch(
+        self, files: list[UploadFile], pairs: str, stacker: str = "auto"
+    ) -> BatchPrediction:
+        """``/api/predict_batch``: 413 for too many files or pairs, 400 for a bad pair list or
+        an unknown ``stacker``, 422 for ``stacker=graph`` on a bundle without one."""
+        if stacker not in STACKERS:
+            raise HTTPException(400, detail=f"stacker: {stacker!r} is not one of {STACKERS}")
+        if stacker == "graph" and self.model.graph is None:
+            raise HTTPException(
+                422,
+                detail="stacker=graph: this bundle has no graph stacker (stack.graph_features off)",
+            )
         if len(files) > self.serve.max_batch_files:
             raise HTTPException(
                 413, detail=f"too many files: {len(files)} > {self.serve.max_batch_files}"
@@ -276,7 +311,7 @@ class BundleService:
             uploads[upload_name(upload.filename, sent)] = await upload.read()
         table = parse_pairs(pairs, set(uploads), self.serve.max_batch_pairs)
         try:
-            return await self.queue.run(self.score_batch, uploads, table)
+            return await self.queue.run(self.score_batch, uploads, table, stacker)
         except ValueError as err:
             log.warning("could not score a batch: %s", err)
             raise HTTPException(422, detail=str(err)) from None
@@ -289,8 +324,14 @@ def create_app(
     bundle's) sets when a clip gets a warning (``src/data/checks.py``)."""
     service = BundleService(model, serve, checks if checks is not None else model.stack_cfg.checks)
     pair_body = 2 * service.max_file_bytes + MULTIPART_SLACK_BYTES
-    batch_body = serve.max_batch_files * service.max_file_bytes + MULTIPART_SLACK_BYTES
-    too_large = f"request too large: each file may be at most {serve.max_upload_mb:g} MB"
+    batch_body = (
+        min(serve.max_batch_files * service.max_file_bytes, int(serve.max_batch_mb * 2**20))
+        + MULTIPART_SLACK_BYTES
+    )
+    too_large = (
+        f"request too large: each file may be at most {serve.max_upload_mb:g} MB, a batch "
+        f"{serve.max_batch_mb:g} MB in all (serve.max_upload_mb, serve.max_batch_mb)"
+    )
     app = FastAPI(
         title="Speaker verification",
         description="Do two utterances come from the same speaker?",
@@ -325,8 +366,11 @@ def create_app(
     async def predict_batch(
         files: Annotated[list[UploadFile], File(description="clips, known by file name")],
         pairs: Annotated[str, Form(description="CSV audio_1,audio_2 or JSON [[a, b], ...]")],
+        stacker: Annotated[
+            str, Form(description="auto (graph stacker for a large enough batch), graph, pairwise")
+        ] = "auto",
     ) -> BatchPrediction:
-        return await service.predict_batch(files, pairs)
+        return await service.predict_batch(files, pairs, stacker)
 
     return app
 
@@ -343,6 +387,23 @@ def http_error_handler(
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     return explain_http_error
+
+
+def stacker_reason(model: BundleModel, stacker: str, clips: int, min_share: float) -> str:
+    """Why ``stacker`` answers a batch of ``clips`` usable clips (for the response)."""
+    graph = model.graph
+    if graph is None:
+        return "the bundle has no graph stacker (stack.graph_features off)"
+    fitted = int(graph.decision["test_clips"])
+    if stacker == "graph":
+        return (
+            f"{clips} usable clips form the trial graph (the graph stacker was fitted with "
+            f"{fitted} test clips; serve.graph_min_share {min_share:g})"
+        )
+    return (
+        f"{clips} usable clips < {min_share:g} x the {fitted} test clips the graph stacker was "
+        "fitted with (serve.graph_min_share): the stacker without graph features answers"
+    )
 
 
 def run_scores(model: BundleModel, row: Any) -> dict[str, dict[str, float]]:

@@ -6,9 +6,13 @@ A bundle is one folder that holds everything the API needs and nothing from ``ou
     stack/config.yaml             the stacking run's resolved config
     stack/stacker/stacker.json    groups of experiments, feature columns, fold models
     stack/stacker/group{g}_fold{k}.txt|.json   LightGBM model text; logistic or blend as JSON
+    stack/graph_stacker/...       the submission's stacker (trial-graph features in), same layout;
+                                  stacker.json also names each graph's experiments and settings
     experiments/<run>/config.yaml              the run's resolved config, paths inside the bundle
     experiments/<run>/fold{k}/best.pt          the fold model (weights, config, gender head)
     experiments/<run>/fold{k}/cohort.npy       AS-norm cohort: unit speaker means
+    experiments/<run>/fold{k}/held_out.npy     with a graph stacker: the fold's held-out clips'
+                                               unit embeddings, the fixed rows of its trial graph
     experiments/<run>/fold{k}/model.onnx       with export.onnx: the fold model after its front-end
     experiments/<run>/model.onnx               with export.onnx: a frozen model, for every fold
     experiments/<run>/files/...                weights an extractor reads (pretrained, onnx kinds)
@@ -37,6 +41,7 @@ FORMAT_VERSION = 2  # 2: blended stackers; the logistic model clips its features
 MANIFEST = "manifest.json"
 STACK = "stack"
 EXPERIMENTS = "experiments"
+HELD_OUT_FILE = "held_out.npy"  # a fold's held-out clips' embeddings: its trial graph's fixed rows
 PACKAGES = ("torch", "numpy", "pandas", "lightgbm", "scikit-learn", "onnxruntime", "resemblyzer")
 EXPORT_AGAIN = "export it again (python -m src export --config ...)"
 

@@ -41,7 +41,7 @@ from src.inference.embed import load_embeddings
 from src.inference.score import cohort_means
 from src.stacking.features import RECORDING_FEATURES
 from src.stacking.inputs import read_csv
-from src.stacking.stack import STACKER_DIR, STACKER_FILE
+from src.stacking.stack import GRAPH_STACKER_DIR, STACKER_DIR, STACKER_FILE
 from src.stacking.submit import BUNDLE_COLUMN, bundle_threshold
 from src.training.checkpoint import load_checkpoint, save_checkpoint
 from src.util.io import write_csv, write_json, write_npy, write_text
@@ -52,6 +52,7 @@ from .bundle import (
     EXPERIMENTS,
     FORMAT,
     FORMAT_VERSION,
+    HELD_OUT_FILE,
     MANIFEST,
     STACK,
     BundleError,
@@ -70,6 +71,7 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     """Write ``cfg.bundle_dir``; returns it. Reused when its sources are unchanged."""
     stacker = read_stacker(cfg.stack_dir)
     check_recording_choice(cfg, stacker)
+    graph_stacker = read_graph_stacker(cfg)
     runs = sorted({name for group in stacker["groups"] for name in group["experiments"]})
     configs = {name: run_config(cfg, name) for name in runs}
     sources = source_files(cfg, configs)
@@ -82,9 +84,17 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     staging = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        experiments = {name: pack_run(cfg, run, staging) for name, run in configs.items()}
+        with_graph = graph_stacker is not None
+        experiments = {
+            name: pack_run(cfg, run, staging, with_graph) for name, run in configs.items()
+        }
         pack_stack(cfg, stacker, staging)
+        if graph_stacker is not None:
+            check_fused_clips(graph_stacker, experiments)
+            pack_stack(cfg, graph_stacker, staging, GRAPH_STACKER_DIR)
         manifest = describe(cfg, stacker, configs, experiments, staging) | {"source": stamp}
+        if graph_stacker is not None:
+            manifest["graph_stacker"] = graph_decision(cfg, graph_stacker)
         write_json(staging / MANIFEST, manifest)
         if cfg.export.invariance_pairs:  # the finished bundle, answering altered clips
             manifest["invariance"] = check_invariance(cfg, staging, out)
@@ -178,6 +188,66 @@ def check_recording_choice(cfg: ExperimentConfig, stacker: dict[str, Any]) -> No
         )
 
 
+def read_graph_stacker(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The submission's graph stacker (``stack/graph_stacker/stacker.json``), or ``None`` with
+    ``stack.graph_features`` off; a stack stage from before it was written is refused."""
+    path = cfg.stack_dir / GRAPH_STACKER_DIR / STACKER_FILE
+    if not cfg.stack.graph_features:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found (a stack from before the bundle carried the graph stacker): "
+            "rerun the stack stage (bash run.sh --stage stack)"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_fused_clips(graph_stacker: dict[str, Any], experiments: dict[str, Any]) -> None:
+    """Every experiment of a fused graph holds the same held-out clips in every fold."""
+    for prefix, names in graph_stacker["graph"]["experiments"].items():
+        digests = {json.dumps(experiments[n]["held_out_ids"], sort_keys=True) for n in names}
+        if len(digests) > 1:
+            raise BundleError(
+                f"graph {prefix!r}: the experiments {names} embedded other held-out clips; "
+                "rerun their embed stage on the same folds"
+            )
+
+
+def graph_decision(cfg: ExperimentConfig, graph_stacker: dict[str, Any]) -> dict[str, Any]:
+    """How the bundle labels a batch answered by the graph stacker, as ``submit`` labels the
+    test: ``submit.policy`` on the stack's test probabilities (``balanced``: the threshold that
+    labels ``submit.positive_share`` of them), and the transitive-consistency shares ``submit``
+    chooses on OOF trials (``None``: off). Also the test clips each fold graph was fitted with
+    (a batch with far fewer gets the no-graph stacker)."""
+    from src.stacking.threshold import apply_policy
+    from src.stacking.transitive import choose_shares, decide
+
+    test = read_csv(cfg.stack_dir / "test_predictions.csv", ["prob"], "stack predictions")
+    oof = read_csv(
+        cfg.stack_dir / "oof_predictions.csv", ["fold", "audio_1", "audio_2", "label", "prob"],
+        "stack OOF",
+    )  # fmt: skip
+    policy, share = cfg.submit.policy, cfg.submit.positive_share
+    probs = oof["prob"].to_numpy(np.float64)
+    _, value = apply_policy(
+        policy, test["prob"].to_numpy(np.float64), probs, oof["label"].to_numpy(), share
+    )
+    high = low = None
+    if cfg.submit.transitive != "off":
+        choose = decide if cfg.submit.transitive == "auto" else choose_shares
+        choice = choose(oof, probs, share)
+        high, low = choice.high_share, choice.low_share
+    sizes = graph_stacker["graph"]["sizes"]
+    return {
+        "threshold": float(value),
+        "policy": policy,
+        "positive_share": share,
+        "transitive_shares": None if high is None else [high, low],
+        "test_clips": min(int(v["test"]) for v in sizes.values()),
+        "source": f"{policy} policy on the stack's probabilities of {len(test)} test pairs",
+    }
+
+
 def read_stacker(stack_dir: Path) -> dict[str, Any]:
     path = stack_dir / STACKER_DIR / STACKER_FILE
     if not path.is_file():
@@ -209,6 +279,7 @@ def source_files(cfg: ExperimentConfig, configs: dict[str, ExperimentConfig]) ->
     """Every file the bundle is made from (its fingerprint decides whether to export again)."""
     stack = cfg.stack_dir
     files = [stack / "config.yaml", stack / "metrics.json", *(stack / STACKER_DIR).glob("*")]
+    files += sorted((stack / GRAPH_STACKER_DIR).glob("*"))
     files += [stack / "oof_predictions.csv", stack / "test_predictions.csv"]
     for run in configs.values():
         files.append(run.experiment_dir / "config.yaml")
@@ -232,9 +303,14 @@ def extra_files(run: ExperimentConfig) -> dict[str, Path]:
     return {}
 
 
-def pack_run(cfg: ExperimentConfig, run: ExperimentConfig, root: Path) -> dict[str, Any]:
-    """Copy one run's fold models, cohorts and weight files; returns what the manifest says."""
+def pack_run(
+    cfg: ExperimentConfig, run: ExperimentConfig, root: Path, with_graph: bool = False
+) -> dict[str, Any]:
+    """Copy one run's fold models, cohorts and weight files (``with_graph``: and each fold's
+    held-out clips' embeddings, the fixed part of its trial graph); returns what the manifest
+    says."""
     target = root / EXPERIMENTS / run.run_name
+    digests: dict[int, str] = {}
     settings = run.model_dump(mode="json")
     for key, path in extra_files(run).items():
         if not path.is_file():
@@ -245,9 +321,15 @@ def pack_run(cfg: ExperimentConfig, run: ExperimentConfig, root: Path) -> dict[s
         section, name = key.split(".")
         settings[section][name] = inside.as_posix()  # resolved against the bundle on load
     onnx_diffs: dict[int, float] = {}
+    held_out: dict[int, int] = {}
     for k in range(run.folds.n_folds):
         fold = target / f"fold{k}"
         write_npy(fold / "cohort.npy", fold_cohort(run.fold_dir(k) / "embeddings.npz", k))
+        if with_graph:
+            vectors, ids_digest = fold_held_out(run.fold_dir(k) / "embeddings.npz", k)
+            write_npy(fold / HELD_OUT_FILE, vectors)
+            held_out[k] = len(vectors)
+            digests[k] = ids_digest
         if run.extractor.kind == "cnn":
             state = load_checkpoint(run.fold_dir(k) / "best.pt")
             save_checkpoint(
@@ -272,7 +354,21 @@ def pack_run(cfg: ExperimentConfig, run: ExperimentConfig, root: Path) -> dict[s
         "onnx_shared": shared and bool(onnx_diffs),
         "onnx_max_abs_diff": max(onnx_diffs.values()) if onnx_diffs else None,
         "asnorm_top_k": run.score.asnorm_top_k,
-    }
+    } | ({"held_out": held_out, "held_out_ids": digests} if with_graph else {})
+
+
+def fold_held_out(path: Path, fold: int) -> tuple[np.ndarray, str]:
+    """Fold ``fold``'s held-out clips' unit embeddings ``(clips, dims)`` float32, in the order
+    of its ``embeddings.npz`` (the rows that start the fold's trial graph, ``graph.fold_graph``),
+    and a digest of their ids (a fused graph needs every run to hold the same clips)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"fold {fold}: embeddings {path} not found: {RUN_FIRST}")
+    emb = load_embeddings(path)
+    rows = emb["role"] == "oof"
+    if not rows.any():
+        raise ValueError(f"{path}: no held-out (oof) rows for the trial graph; rerun embed")
+    ids = "\n".join(emb["ids"][rows].tolist())
+    return emb["vectors"][rows].astype(np.float32), fingerprint(ids)
 
 
 def fold_cohort(path: Path, fold: int) -> np.ndarray:
@@ -321,15 +417,18 @@ def export_frozen_onnx(run: ExperimentConfig, target: Path, opset: int) -> float
     return diff
 
 
-def pack_stack(cfg: ExperimentConfig, stacker: dict[str, Any], root: Path) -> None:
-    """The stacking config and the bundle's stacker files."""
+def pack_stack(
+    cfg: ExperimentConfig, stacker: dict[str, Any], root: Path, folder: str = STACKER_DIR
+) -> None:
+    """The stacking config and one stacker's files (``folder``: the stack's ``stacker/``, or
+    its ``graph_stacker/``)."""
     write_text(root / STACK / "config.yaml", config_to_yaml(cfg))
-    source = cfg.stack_dir / STACKER_DIR
+    source = cfg.stack_dir / folder
     for name in [STACKER_FILE, *(m for g in stacker["groups"] for m in g["models"])]:
         if not (source / name).is_file():
             raise FileNotFoundError(f"{source / name} not found: {RUN_FIRST}")
-        (root / STACK / STACKER_DIR).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / name, root / STACK / STACKER_DIR / name)
+        (root / STACK / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, root / STACK / folder / name)
 
 
 def decision(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -612,6 +612,48 @@ def graph_feature_views(
     }
 
 
+def test_graph_views(
+    held_out: dict[int, list[np.ndarray]],
+    test: dict[int, list[np.ndarray]],
+    left: np.ndarray,
+    right: np.ndarray,
+    prefix: str,
+    settings: GraphSettings = GraphSettings(),
+) -> dict[int, pd.DataFrame]:
+    """Fold ``k``'s view of test pairs from fold ``k``'s graph, as :func:`graph_feature_views`
+    computes it, given the graph's clips directly: what the served bundle does with the
+    held-out clips it carries and a batch of uploaded clips.
+
+    Parameters
+    ----------
+    held_out
+        ``fold -> [(held-out clips, dims) per fused model]``: fold ``k``'s held-out clips under
+        fold ``k``'s model(s), in the order of ``embeddings.npz`` (its ``oof`` rows).
+    test
+        ``fold -> [(test clips, dims) per fused model]``: the test clips under the same models,
+        in the order the pipeline embeds them (``prepare``'s: sorted file names).
+    left, right
+        ``(pairs,)`` row indices into the test clips.
+    prefix
+        Feature-name prefix (the experiment, or ``fused``).
+
+    Returns fold -> ``(pairs, features)`` named ``<prefix>__g_<feature>``. A pair's features
+    depend only on its graph (not on which other pairs are asked), so these equal the
+    pipeline's test view of the same pairs when the graphs hold the same clips in the same
+    order.
+    """
+    jobs = []
+    for fold in sorted(held_out):
+        sets = [np.concatenate([h, t]) for h, t in zip(held_out[fold], test[fold], strict=True)]
+        count = held_out[fold][0].shape[0]
+        jobs.append(_GraphJob(sets, left + count, right + count, count))
+    solved = _solve_graphs(jobs, settings)
+    return {
+        fold: features.add_prefix(f"{prefix}__g_")
+        for fold, features in zip(sorted(held_out), solved, strict=True)
+    }
+
+
 def experiment_graph_features(
     embeddings: GraphInput,
     oof: pd.DataFrame,

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,13 @@ from .features import (
     metadata_features,
     pair_gender_features,
 )
-from .graph import GraphSize, OofAndTestViews, graph_feature_views, graph_sizes
+from .graph import (
+    GraphSettings,
+    GraphSize,
+    OofAndTestViews,
+    graph_feature_views,
+    graph_sizes,
+)
 from .inputs import (
     ExperimentScores,
     StageInputError,
@@ -634,6 +641,11 @@ def run_stack(
         for name, fitted in variants.items()
     }
     stacker = bundle_stacker_files(bundle, groups, bundle_how, cfg)
+    graph_stacker = (
+        {}
+        if graphs is None
+        else bundle_stacker_files(fits, groups, how, cfg, graph_description(graphs, guard))
+    )
     write_csv(out_dir / "oof_predictions.csv", oof)
     write_csv(out_dir / "test_predictions.csv", test)
     write_csv(out_dir / "importances.csv", importances)
@@ -641,6 +653,9 @@ def run_stack(
     write_text(out_dir / "config.yaml", config_to_yaml(cfg))
     for name, text in stacker.items():  # the description last: it names the model files
         write_text(out_dir / STACKER_DIR / name, text)
+    shutil.rmtree(out_dir / GRAPH_STACKER_DIR, ignore_errors=True)  # none without graphs
+    for name, text in graph_stacker.items():
+        write_text(out_dir / GRAPH_STACKER_DIR / name, text)
     if meta is not None:
         pairs = (reference.oof, reference.test)
         # one model's view of test, as each OOF row has one model's: a fold mean would differ
@@ -656,14 +671,33 @@ def run_stack(
 
 
 STACKER_DIR = "stacker"
+GRAPH_STACKER_DIR = "graph_stacker"  # the submission's own stacker, trial-graph features in
 STACKER_FILE = "stacker.json"
 
 
+def graph_description(graphs: GraphViews, guard: GraphGuard) -> dict:
+    """What a server needs to rebuild the graph features the graph stacker reads: each
+    feature prefix's experiments (``fused``: every stacked one, their mean cosine), the groups
+    the graph guard left out, the graph settings and the fold graphs' sizes."""
+    return {
+        "dropped_groups": list(guard.dropped),
+        "settings": asdict(GraphSettings()),
+        "sizes": {str(k): asdict(v) for k, v in guard.sizes.items()},
+        "prefixes": sorted(graphs),
+    }
+
+
 def bundle_stacker_files(
-    fits: dict[str, CrossFit], groups: list[list[ExperimentScores]], how: str, cfg: ExperimentConfig
+    fits: dict[str, CrossFit],
+    groups: list[list[ExperimentScores]],
+    how: str,
+    cfg: ExperimentConfig,
+    graph: dict | None = None,
 ) -> dict[str, str]:
-    """The bundle's stacker as files (name -> text): each group's fold models, then
-    ``stacker.json`` saying which experiments, feature columns and folds each group uses."""
+    """A stacker the bundle serves as files (name -> text): each group's fold models, then
+    ``stacker.json`` saying which experiments, feature columns and folds each group uses;
+    ``graph`` (:func:`graph_description`) for the graph stacker, whose groups also name the
+    graph prefixes they read (their own experiments', or ``fused``)."""
     files: dict[str, str] = {}
     described = []
     for index, (fit, group) in enumerate(zip(fits.values(), groups, strict=True)):
@@ -672,14 +706,17 @@ def bundle_stacker_files(
             name = f"group{index}_fold{split.fold}{pair_model_suffix(model.kind)}"
             files[name] = model.to_text()
             names.append(name)
-        described.append(
-            {
-                "experiments": [e.name for e in group],
-                "columns": list(fit.importance.index),
-                "folds": [split.fold for split in fit.splits],
-                "models": names,
-            }
-        )
+        columns = list(fit.importance.index)
+        entry = {
+            "experiments": [e.name for e in group],
+            "columns": columns,
+            "folds": [split.fold for split in fit.splits],
+            "models": names,
+        }
+        if graph is not None:
+            read = {c.split("__g_", 1)[0] for c in columns if "__g_" in c}
+            entry["graph_prefixes"] = [p for p in graph["prefixes"] if p in read]
+        described.append(entry)
     description = {
         "model": cfg.stack.model,
         "average": how,
@@ -687,6 +724,13 @@ def bundle_stacker_files(
         "use_metadata": cfg.stack.use_metadata,
         "groups": described,
     }
+    if graph is not None:
+        description["graph"] = graph | {
+            "experiments": {
+                p: [e.name for g in groups for e in g] if p == FUSED else [p]
+                for p in graph["prefixes"]
+            }
+        }
     files[STACKER_FILE] = json.dumps(description, indent=2) + "\n"
     return files
 
@@ -694,8 +738,9 @@ def bundle_stacker_files(
 # part of the stage's fingerprint: bump it when the features or the models change what the
 # stack computes from the same inputs and config, so a rerun after an upgrade redoes the stage
 # (2: second-order and tree-similarity graph features, capped ranks, clipped logistic model;
-# 3: one graph per fold for OOF and test pairs, label-free cut heights, the graph guard)
-STACK_VERSION = 3
+# 3: one graph per fold for OOF and test pairs, label-free cut heights, the graph guard;
+# 4: the graph stacker's fold models written for the bundle, graph_stacker/)
+STACK_VERSION = 4
 STACK_INPUTS = ("oof_scores.csv", "test_scores.csv", "gender_oof.csv", "gender_test.csv")
 STACK_OUTPUTS = (
     "oof_predictions.csv",
@@ -726,7 +771,10 @@ def stack_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         files_fingerprint(inputs),
         cfg.export.recording_features,  # which bundle stacker the stack fits and writes
     )
-    if not force and is_fresh(out_dir, "stack", stamp, [out_dir / f for f in STACK_OUTPUTS]):
+    outputs = [out_dir / f for f in STACK_OUTPUTS]
+    if cfg.stack.graph_features:
+        outputs.append(out_dir / GRAPH_STACKER_DIR / STACKER_FILE)
+    if not force and is_fresh(out_dir, "stack", stamp, outputs):
         log.info("stack: unchanged, reusing %s", out_dir)
         return
     missing = [d / f for d in dirs for f in STACK_INPUTS[:2] if not (d / f).is_file()]
