@@ -37,6 +37,21 @@ FIRST_LEVEL = ["prepare", "folds", "train", "embed", "score"]
 SECOND_LEVEL = ["stack", "submit", "report"]
 
 
+def stacking_configs(
+    paths: list[Path], data: Path | None, overrides: list[str]
+) -> list[ExperimentConfig]:
+    """Each ``--config`` with ``overrides`` (``data``: every one's ``paths.input``); the first
+    stacks every config's runs together unless ``stack.experiments`` is overridden."""
+    extra = [f"paths.input={data}"] if data else []
+    configs = [load_config(c, [*extra, *overrides]) for c in paths]
+    if not any(o.startswith("stack.experiments=") for o in overrides):
+        names = list(dict.fromkeys(run for c in configs for run in c.stacked_runs))
+        configs[0] = configs[0].model_copy(
+            update={"stack": configs[0].stack.model_copy(update={"experiments": names})}
+        )
+    return configs
+
+
 def run_stage(stage: str, cfg: ExperimentConfig, force: bool) -> float:
     """Run one stage (every fold for per-fold stages); return its wall time in seconds."""
     started = time.perf_counter()
@@ -81,13 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value for every config")
     args = parser.parse_args(argv)
     setup_logging()
-    extra = [f"paths.input={args.data}"] if args.data else []
-    configs = [load_config(c, [*extra, *args.overrides]) for c in args.config]
-    if not any(o.startswith("stack.experiments=") for o in args.overrides):
-        names = list(dict.fromkeys(run for c in configs for run in c.stacked_runs))
-        configs[0] = configs[0].model_copy(
-            update={"stack": configs[0].stack.model_copy(update={"experiments": names})}
-        )
+    configs = stacking_configs(args.config, args.data, args.overrides)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     for cfg in configs:

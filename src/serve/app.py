@@ -26,7 +26,11 @@ field ``pairs``: CSV text with a header ``audio_1,audio_2`` or a JSON list of na
 clip is embedded once however many pairs name it. A file that cannot be decoded, or that
 ``/api/predict`` would refuse with a 422 (silent, too short), costs the pairs that name it (no
 label; their ``error`` says why), not the batch; ``refused`` counts those pairs. Warnings about a
-clip are in the batch's ``warnings`` and in the ``warnings`` of every pair that names it.
+clip are in the batch's ``warnings`` and in the ``warnings`` of every pair that names it. A batch
+with at least ``serve.graph_min_share`` of the test clips the bundle's graph stacker was fitted
+with is one trial graph (its usable clips beside each fold's held-out clips) and gets the graph
+stacker, the submission's answers; a smaller one the stacker without graph features
+(``stacker`` says which, per batch and per pair; the form field ``stacker`` insists on one).
 
 Model work (decoding included) runs on one worker thread, off the event loop, so ``/health``
 answers while the model is busy; at most ``serve.max_pending`` requests wait for it, more get 503.
@@ -72,6 +76,7 @@ log = logging.getLogger(__name__)
 
 MULTIPART_SLACK_BYTES = 1 << 20  # form boundaries, headers and the pair list around the files
 STACKERS = ("auto", "graph", "pairwise")  # predict_batch's ``stacker`` field
+PAIR_LINE_BYTES = 256  # room per pair in the ``pairs`` text field (two file names, a comma)
 
 
 class Prediction(BaseModel):
@@ -113,6 +118,7 @@ class Health(BaseModel):
     threshold: float
     threshold_source: str
     oof_eer: float | None
+    graph_stacker: bool  # whether large batches get the submission's graph stacker
     pending: int
     warnings: list[str]
 
@@ -273,6 +279,7 @@ class BundleService:
             threshold=model.threshold,
             threshold_source=str(manifest["threshold"]["source"]),
             oof_eer=oof.get("eer"),
+            graph_stacker=model.graph is not None,
             pending=self.queue.pending,
             warnings=model.warnings,
         )
@@ -361,6 +368,12 @@ def create_app(
     @app.post(
         "/api/predict_batch",
         max_body_size=batch_body,
+        # a Zalo-size test in one request: the form parser's defaults (1,000 files, 1 MB text
+        # fields) would refuse its 2,800 clips and 50,000-pair list; ours are checked after
+        form_limits={
+            "max_files": serve.max_batch_files + 1,
+            "max_part_size": max(1 << 20, PAIR_LINE_BYTES * serve.max_batch_pairs),
+        },
         responses={400: {}, 413: {}, 503: {}},
     )
     async def predict_batch(

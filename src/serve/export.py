@@ -8,6 +8,9 @@
   does not have, and without the recording-condition features unless
   ``export.recording_features`` (the stack stage fits it beside the graph stacker and writes
   its OOF and test probabilities as ``prob_bundle``);
+- with ``stack.graph_features``, the submission's own graph stacker (``graph_stacker/``), each
+  fold's held-out clips' embeddings (``held_out.npy``: the fixed rows of its trial graph) and
+  how ``submit`` labels (``graph_decision``), so that a test-sized batch gets the submission;
 - the threshold of ``submit.policy`` on that stacker's probabilities, the OOF figures it was
   measured at, package versions, and the sha256 of every file (``manifest.json``), with the
   fingerprint of everything its answers depend on (:func:`bundle_fingerprint`);
