@@ -473,6 +473,17 @@ class ChecksConfig(Section):
     max_clipped_share: float = Field(
         0.001, ge=0, le=1, description="warn when more than this share of samples is clipped"
     )
+    min_effective_bits: float = Field(
+        10.0,
+        ge=0,
+        le=24,
+        description="warn for a clip whose samples span fewer quantisation levels than 2**this "
+        "(log2((max - min) / step + 1) on the file's coding grid: an 8-bit file, a quiet 16-bit "
+        "one, e.g. peak 0.002 = 7 bits; float and lossy files off the grid are not checked); "
+        "10 bits: speech then sits about 40 dB above the quantisation noise, no more than the "
+        "noise floor of a phone recording, while a normal 16-bit clip peaking at -36 dBFS or "
+        "louder passes",
+    )
     silence_dbfs: float | None = Field(
         None,
         description="warn for a clip quieter than this (RMS after DC removal, with the reason); "
