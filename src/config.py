@@ -477,12 +477,11 @@ class ChecksConfig(Section):
         10.0,
         ge=0,
         le=24,
-        description="warn for a clip whose samples span fewer quantisation levels than 2**this "
-        "(log2((max - min) / step + 1) on the file's coding grid: an 8-bit file, a quiet 16-bit "
-        "one, e.g. peak 0.002 = 7 bits; float and lossy files off the grid are not checked); "
-        "10 bits: speech then sits about 40 dB above the quantisation noise, no more than the "
-        "noise floor of a phone recording, while a normal 16-bit clip peaking at -36 dBFS or "
-        "louder passes",
+        description="warn for a clip whose samples span fewer than 2**this quantisation levels "
+        "(log2((max - min) / step + 1) on the file's coding grid): an 8-bit file, or a quiet "
+        "16-bit one (peak 0.002: 7 bits); float, 32-bit and lossy files off the grid are not "
+        "checked. 10 bits keeps quantisation noise about 40 dB below the speech, under the "
+        "noise of a phone recording, and passes a 16-bit clip peaking above -36 dBFS",
     )
     silence_dbfs: float | None = Field(
         None,

@@ -258,10 +258,12 @@ def effective_bits(column: np.ndarray) -> float:
     most 2**8 levels (8 bits), a ``PCM_16`` file at full scale gives 16 bits, a ``PCM_16`` file
     with peak 0.002 about 7, and 8-bit audio stored in a 16-bit (or float) file is found
     at 8 bits all the same. The span from the lowest to the highest sample makes it
-    independent of a DC offset. A channel whose samples are not all on the 24-bit grid (a float
-    file with arbitrary values, a lossy MP3 or Ogg decoded to float, float gain applied after
-    quantisation) has no coding step to measure: ``NaN``, not estimated (the check skips it).
-    A single click or spike widens the span, so it can hide otherwise coarse samples.
+    independent of a DC offset. A channel whose samples are not all on the 24-bit grid has
+    samples finer than 24 bits somewhere and no coding step to measure: ``NaN``, not estimated
+    (the check skips it). That is a float file with arbitrary values, a ``PCM_32`` file, a lossy
+    MP3 or Ogg decoded to float, but also coarse samples scaled by a float gain after they were
+    quantised (their distinct values are not counted). A single click or spike widens the
+    span, so it can hide otherwise coarse samples.
 
     Parameters
     ----------
