@@ -163,6 +163,42 @@ def test_too_short_clip_is_refused_and_a_short_one_is_warned(served) -> None:
     assert short.json()["warnings"][0].startswith("audio_2: only 0.50 s of speech (< ")
 
 
+COARSE = "effective bits (< 10 bits, checks.min_effective_bits)"
+
+
+def test_coarse_uploads_are_scored_with_a_warning_naming_their_effective_bits(served) -> None:
+    """An 8-bit (PCM_U8) file and a quiet 16-bit one (peak 0.002: about 7 bits) get the
+    warning, in /api/predict and /api/predict_batch; a normal 16-bit file gets none."""
+    client, _ = served
+    wave = voice(seed=5)
+    loud = wave * np.float32(0.9 / np.abs(wave).max())
+    quiet = wave * np.float32(0.002 / np.abs(wave).max())
+    clips = {
+        "a.wav": encode(voice()),
+        "normal.wav": encode(loud),
+        "eight_bit.wav": encode(loud, subtype="PCM_U8"),
+        "quiet.wav": encode(quiet),
+    }
+    causes = {"eight_bit.wav": "about 8-bit samples", "quiet.wav": "a quiet recording (peak 0.002)"}
+    normal = predict(client, clips["a.wav"], clips["normal.wav"])
+    assert normal.status_code == 200, normal.text
+    assert normal.json()["warnings"] == []
+    for name, cause in causes.items():
+        response = predict(client, clips["a.wav"], clips[name])
+        assert response.status_code == 200, response.text
+        (said,) = response.json()["warnings"]
+        assert said.startswith("audio_2: coarse samples: ") and COARSE in said and cause in said
+    files = [("files", (name, data)) for name, data in clips.items()]
+    pairs = "audio_1,audio_2\na.wav,normal.wav\na.wav,eight_bit.wav\nquiet.wav,a.wav\n"
+    response = client.post("/api/predict_batch", files=files, data={"pairs": pairs})
+    assert response.status_code == 200, response.text
+    plain, eight_bit, coarse = (r["warnings"] for r in response.json()["results"])
+    assert plain == []
+    assert len(eight_bit) == 1 and eight_bit[0].startswith("eight_bit.wav: coarse samples: ")
+    assert len(coarse) == 1 and coarse[0].startswith("quiet.wav: coarse samples: ")
+    assert all(COARSE in w for w in response.json()["warnings"])
+
+
 def test_concurrent_clients_get_the_same_answers(served) -> None:
     client, _ = served
     pair = (encode(voice(seed=3)), encode(noise(seed=4)))

@@ -16,10 +16,11 @@ change the samples a model sees:
 3. no sample is clipped at decode time: a float file louder than full scale keeps its waveform
    (every cache path peak-normalises it).
 
-The offset removed, the downmix, the share of clipped (saturated) samples and the seconds of
-active speech are facts of the clip (:func:`clip_facts`: the manifest's columns and the served
-bundle's per-upload facts), from which :func:`recording_warnings` says when a clip is outside the
-range the model was built for.
+The offset removed, the downmix, the share of clipped (saturated) samples, the effective
+resolution of the samples (:func:`effective_bits`: an 8-bit file, or a quiet one using few of
+its file's levels) and the seconds of active speech are facts of the clip (:func:`clip_facts`:
+the manifest's columns and the served bundle's per-upload facts), from which
+:func:`recording_warnings` says when a clip is outside the range the model was built for.
 
 Example
 -------
@@ -31,6 +32,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,9 @@ SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 DECODE_VERSION = 2
 SILENT_CHANNEL_DB = 40.0  # defaults of data.downmix_silent_db and data.downmix_cancel_db
 CANCEL_DB = 6.0
+GRID_BITS = 24  # the finest integer coding a float32 sample holds exactly (its 24-bit mantissa)
+GRID_SCALE = np.float32(2 ** (GRID_BITS - 1))  # full scale 1.0 in steps of that grid
+GCD_CHUNK = 4096  # samples per np.gcd.reduce: a full-resolution clip stops after the first
 
 
 class AudioError(ValueError):
@@ -67,6 +72,7 @@ class DecodedClip:
     downmix: str = ""  # how the channels were mixed ("" for a mono file)
     clipped_share: float = 0.0  # share of samples saturated at the clip's peak (flat tops)
     speech_seconds: float = 0.0  # seconds of 25 ms frames within 30 dB of the loud ones
+    effective_bits: float = math.nan  # log2 of the levels the samples span (NaN: not on a grid)
 
     @property
     def duration(self) -> float:
@@ -241,6 +247,87 @@ def clipped_share(column: np.ndarray, tolerance: float = 1e-3) -> float:
     return float(np.count_nonzero(flat)) / column.size
 
 
+def effective_bits(column: np.ndarray) -> float:
+    """Effective resolution of one channel as read from its file: log2 of the number of
+    quantisation levels its samples span, ``log2((max - min) / step + 1)``.
+
+    The samples are read on the finest grid a float32 sample holds exactly (integer codes of
+    :data:`GRID_BITS` = 24 bits), and ``step`` is the greatest common divisor of their distances
+    from the smallest one: the grid the file was actually coded on. So the file's subtype is
+    taken into account without being named: a ``PCM_U8`` file steps by 2**16 codes and spans at
+    most 2**8 levels (8 bits), a ``PCM_16`` file at full scale gives 16 bits, a ``PCM_16`` file
+    with peak 0.002 about 7, and 8-bit audio stored in a 16-bit (or float) file is found
+    at 8 bits all the same. The span from the lowest to the highest sample makes it
+    independent of a DC offset. A channel whose samples are not all on the 24-bit grid has
+    samples finer than 24 bits somewhere and no coding step to measure: ``NaN``, not estimated
+    (the check skips it). That is a float file with arbitrary values, a ``PCM_32`` file, a lossy
+    MP3 or Ogg decoded to float, but also coarse samples scaled by a float gain after they were
+    quantised (their distinct values are not counted). A single click or spike widens the
+    span, so it can hide otherwise coarse samples.
+
+    Parameters
+    ----------
+    column
+        ``(frames,)`` float samples as decoded (full scale 1.0), before DC removal or
+        resampling (both move samples off the file's grid); not modified.
+
+    Returns
+    -------
+    float
+        Effective bits (``0.0`` for a constant channel, ``NaN`` when not on the grid or empty).
+
+    >>> quiet = np.round(0.002 * np.sin(np.arange(8000) / 5.0) * 32768) / 32768
+    >>> round(effective_bits(quiet.astype(np.float32)), 2)
+    7.06
+    >>> effective_bits(np.array([0.1, 0.123456789], dtype=np.float32))
+    nan
+    """
+    if column.size == 0:
+        return math.nan
+    codes = column * GRID_SCALE  # a power of two: exact in float32
+    head = codes[:GCD_CHUNK]
+    if not np.array_equal(head, np.rint(head)) or not np.array_equal(codes, np.rint(codes)):
+        return math.nan
+    levels = codes.astype(np.int64)
+    low = int(levels.min())
+    span = int(levels.max()) - low
+    if span == 0:
+        return 0.0
+    levels -= low
+    return math.log2(span / coding_step(levels) + 1)
+
+
+def coding_step(offsets: np.ndarray) -> int:
+    """Greatest common divisor of non-negative integer ``offsets`` (``(n,)`` int64, not all
+    zero).
+
+    Its power-of-two part is the lowest bit set in any offset (one vectorised OR: 2**8 for a
+    16-bit file on the 24-bit grid, 2**16 for an 8-bit one); the rest is reduced
+    :data:`GCD_CHUNK` samples at a time, stopping as soon as nothing but that power of two is
+    left, which for an ordinary clip is after the first chunk.
+
+    >>> coding_step(np.array([0, 512, 256, 1024], dtype=np.int64))
+    256
+    >>> coding_step(np.array([0, 768, 1536], dtype=np.int64))
+    768
+    """
+    bits = int(np.bitwise_or.reduce(offsets))
+    floor = bits & -bits  # the power-of-two part of the gcd
+    step = 0
+    for start in range(0, offsets.size, GCD_CHUNK):
+        step = int(np.gcd.reduce(offsets[start : start + GCD_CHUNK], initial=step))
+        if step == floor:
+            break
+    return step
+
+
+def channels_bits(table: np.ndarray, used: list[int]) -> float:
+    """The best :func:`effective_bits` of the channels ``used`` in the downmix of ``table``
+    (``(frames, channels)``); ``NaN`` when none of them is on a coding grid."""
+    found = [bits for bits in (effective_bits(table[:, i]) for i in used) if not math.isnan(bits)]
+    return max(found) if found else math.nan
+
+
 def speech_seconds(
     samples: np.ndarray, rate: int, frame_seconds: float = 0.025, range_db: float = 30.0
 ) -> float:
@@ -374,7 +461,8 @@ def describe_clip(
 
     Raises AudioError for non-finite or too short audio. The DC offset of every channel is
     removed before the downmix (:func:`remove_dc`, :func:`downmix`), so before any level or
-    peak is measured; nothing is clipped.
+    peak is measured; nothing is clipped. The effective resolution is measured on the samples
+    as decoded, before DC removal (:func:`channels_bits`).
     """
     table = data if data.ndim == 2 else data[:, None]  # (frames, channels)
     check_samples(table, source_rate, min_seconds)
@@ -396,6 +484,7 @@ def describe_clip(
         downmix=how,
         clipped_share=clipped,
         speech_seconds=speech_seconds(samples, target_rate),
+        effective_bits=channels_bits(table, used),
     )
 
 
@@ -442,6 +531,7 @@ def clip_facts(clip: DecodedClip, n_bytes: int) -> dict[str, float | int | bool]
         "downmix": clip.downmix,
         "clipped_share": round(clip.clipped_share, 5),
         "speech_seconds": round(clip.speech_seconds, 3),
+        "effective_bits": round(clip.effective_bits, 2),
     }
 
 

@@ -13,6 +13,9 @@ from the facts ``prepare`` records about a file
 - less active speech than ``checks.min_speech_seconds`` (default: the model's embedding window,
   ``embed.window_seconds``): the embedding of a fraction of a window is noisy, with how short;
 - more than ``checks.max_clipped_share`` of samples clipped (flat tops at the peak);
+- samples coarser than ``checks.min_effective_bits`` (10 bits): an 8-bit file, or a quiet
+  one that uses few of its file's levels (:func:`src.data.audio.effective_bits`), so
+  quantisation noise is close to the voice's level;
 - near-silence (RMS below ``checks.silence_dbfs``, default ``data.silence_dbfs``), with the real
   reason (digital silence, a constant DC offset and nothing else, or a very low level): with the
   default only for a manifest or bundle from before the refusal, or when ``checks.silence_dbfs``
@@ -35,7 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from src.config import ChecksConfig
-from src.data.audio import silence_reason
+from src.data.audio import shown_below, silence_reason
 
 
 def recording_warnings(
@@ -92,10 +95,37 @@ def recording_warnings(
             f"clipped: {100 * clipped:.2f} % of samples saturated (> "
             f"{100 * checks.max_clipped_share:g} %): distorted speech"
         )
+    bits = _number(facts, "effective_bits")
+    if bits is not None and bits < checks.min_effective_bits:
+        said.append(coarse_warning(bits, _number(facts, "peak"), checks.min_effective_bits))
     downmix = str(facts.get("downmix") or "")
     if downmix.startswith("channel "):
         said.append(f"multi-channel file: used {downmix}")
     return said
+
+
+def coarse_warning(bits: float, peak: float | None, min_bits: float) -> str:
+    """The warning for samples coarser than ``checks.min_effective_bits``, with the likely
+    cause from the clip's peak (after DC removal, full scale 1): within 12 dB of full scale
+    the file itself is coarsely coded (8-bit), below it the recording is too quiet for its
+    file's levels.
+
+    >>> print(coarse_warning(7.03, 0.002, 10.0))  # doctest: +NORMALIZE_WHITESPACE
+    coarse samples: 7.03 effective bits (< 10 bits, checks.min_effective_bits): a quiet
+    recording (peak 0.002) using about 130 of its file's levels; quantisation noise is close
+    to the voice, the score is less reliable
+    """
+    levels = round(2.0**bits - 1)
+    if peak is not None and peak >= 0.25:
+        cause = f"a coarsely coded file (about {bits:.0f}-bit samples, {levels} levels)"
+    else:
+        level = f" (peak {peak:.2g})" if peak is not None else ""
+        cause = f"a quiet recording{level} using about {levels} of its file's levels"
+    return (
+        f"coarse samples: {shown_below(bits, min_bits, 2)} effective bits (< {min_bits:g} bits, "
+        f"checks.min_effective_bits): {cause}; quantisation noise is close to the voice, the "
+        "score is less reliable"
+    )
 
 
 def _number(facts: Mapping[str, Any], key: str) -> float | None:

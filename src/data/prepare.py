@@ -61,7 +61,8 @@ FALLBACK_NAME = "fallback_pairs.csv"  # test pairs naming an unusable file: answ
 MANIFEST_COLUMNS = [
     "id", "name", "path", "split", "speaker", "gender", "age", "duration", "sample_rate",
     "channels", "frames", "bytes", "md5", "status", "duplicate_of", "rms_dbfs", "peak", "snr_db",
-    "truncated", "dc_offset", "downmix", "clipped_share", "speech_seconds", "offset", "length",
+    "truncated", "dc_offset", "downmix", "clipped_share", "speech_seconds", "effective_bits",
+    "offset", "length",
 ]  # fmt: skip
 
 
@@ -300,6 +301,7 @@ def prepare_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     def stamp(md5: dict[str, str]) -> str:
         return fingerprint(
             DECODE_VERSION,
+            MANIFEST_COLUMNS,  # a manifest without a newer column is written again
             cfg.data.model_dump(mode="json"),
             [(f.id, md5.get(f.id)) for f in files],
             scan_skips,
@@ -355,6 +357,7 @@ def build_outputs(
     manifest, md5 = _decode_all(files, cfg.data, out / CACHE_NAME, skipped, reuse)
     manifest = _mark_duplicates(manifest)
     _log_truncated(manifest, cfg.data.max_duration)
+    _log_coarse(manifest, cfg.checks.min_effective_bits)
     copies = test_train_copies(manifest)
     where = cfg.paths.prep_dir / COPIES_NAME
     check_test_train_copies(copies, cfg.data.test_train_copies, where)
@@ -468,6 +471,29 @@ def _log_truncated(manifest: pd.DataFrame, max_duration: float) -> None:
             "%d clip(s) longer than data.max_duration=%g s are truncated to it (manifest column "
             "'truncated', listed in the report): %s%s",
             len(cut), max_duration, ", ".join(cut[:5]), ", ..." if len(cut) > 5 else "",
+        )  # fmt: skip
+
+
+def coarse_clips(manifest: pd.DataFrame, min_bits: float) -> pd.DataFrame:
+    """Rows of ``manifest`` whose samples are coarser than ``min_bits`` (``effective_bits``,
+    :func:`src.data.audio.effective_bits`; a clip not measured, NaN or empty, is not one)."""
+    bits = pd.to_numeric(manifest["effective_bits"], errors="coerce")
+    return manifest[bits < min_bits]
+
+
+def _log_coarse(manifest: pd.DataFrame, min_bits: float) -> None:
+    """Name the clips coarser than ``checks.min_effective_bits``, per split: kept and scored
+    (a test file's warning is in the report's ``file_warnings.csv`` and the API's answer)."""
+    coarse = coarse_clips(manifest, min_bits)
+    for split, rows in coarse.groupby("split"):
+        head = rows.head(5)
+        bits = pd.to_numeric(head["effective_bits"])
+        shown = ", ".join(f"{i} ({b:g} bits)" for i, b in zip(head["id"], bits, strict=True))
+        log.warning(
+            "%d %s clip(s) have coarse samples (< %g effective bits, checks.min_effective_bits: "
+            "an 8-bit file or a very quiet recording; manifest column 'effective_bits'), kept: "
+            "%s%s",
+            len(rows), split, min_bits, shown, ", ..." if len(rows) > 5 else "",
         )  # fmt: skip
 
 
