@@ -728,7 +728,11 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
 
 # settings that change no result: never part of a run's identity
 NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "export", "serve", "checks")
-NO_RESULT_KEYS = {"data.workers", "train.workers", "train.device", "embed.batch_seconds"}
+# (data.short_clip_seconds flags rows of submission_scores.csv: no score or label changes)
+NO_RESULT_KEYS = {
+    "data.workers", "train.workers", "train.device", "embed.batch_seconds",
+    "data.short_clip_seconds",
+}  # fmt: skip
 SECOND_LEVEL_SECTIONS = ("stack", "submit", "companions")  # companions: which runs are stacked
 
 
