@@ -73,13 +73,21 @@ class DataConfig(Section):
         "is skipped, a test file's pairs get the fallback answer, the API refuses it (422)",
     )
     min_scored_seconds: float = Field(
+        0.1,
+        ge=0,
+        description="the scoring floor: test files and API uploads shorter than this (seconds "
+        "of audio) are unusable: a test file's pairs get the fallback answer, the API refuses "
+        "it (422); train clips are kept. Default = data.min_duration (below it a file is bad "
+        "anyway: fallback, API 400): on OOF trials a 0.1-0.2 s clip's score beats the constant "
+        "(bench/RESULTS.md, 2026-12-04). Duration, not measured speech: a relative speech "
+        "measure can read a real short utterance as near-empty",
+    )
+    short_clip_seconds: float = Field(
         0.2,
         ge=0,
-        description="test files and API uploads shorter than this (seconds of audio) are "
-        "unusable: a test file's pairs get the fallback answer, the API refuses it (422); train "
-        "clips are kept. Duration, not measured speech: a relative speech measure can read a "
-        "real short utterance as near-empty, and a refused test file costs its pairs' answers "
-        "(checks.min_speech_seconds warns about little speech)",
+        description="test files and API uploads at least data.min_scored_seconds long but "
+        "shorter than this are scored best-effort and flagged: column short_clip of "
+        "submission_scores.csv, the report, a warning in the API's answer",
     )
     workers: int = Field(0, ge=0, description="decode processes; 0 = all cores")
     downmix_silent_db: float = Field(
@@ -745,7 +753,11 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
 
 # settings that change no result: never part of a run's identity
 NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "export", "serve", "checks")
-NO_RESULT_KEYS = {"data.workers", "train.workers", "train.device", "embed.batch_seconds"}
+# (data.short_clip_seconds flags rows of submission_scores.csv: no score or label changes)
+NO_RESULT_KEYS = {
+    "data.workers", "train.workers", "train.device", "embed.batch_seconds",
+    "data.short_clip_seconds",
+}  # fmt: skip
 SECOND_LEVEL_SECTIONS = ("stack", "submit", "companions")  # companions: which runs are stacked
 
 

@@ -144,3 +144,15 @@ def test_simulated_reverb_keeps_level_and_spreads_energy() -> None:
 def test_augment_checks_folders(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="background_dir"):
         build_waveform_augment(AugmentConfig(background_dir=tmp_path / "none"), SAMPLE_RATE)
+
+
+def test_a_clip_under_two_tenths_keeps_every_sample_in_its_window() -> None:
+    """A 0.15 s clip is embedded from all 2,400 samples (rounding down to 0.1 s dropped a third);
+    longer clips still round down to a multiple of 0.1 s so similar lengths share a batch."""
+    from src.config import EmbedConfig
+    from src.inference.windows import clip_windows
+
+    for mode in ("full", "windows"):
+        cfg = EmbedConfig(mode=mode, window_seconds=1.0, hop_seconds=0.5)
+        assert [(w.start, w.length) for w in clip_windows(2400, cfg, 16000)] == [(0, 2400)]
+        assert [w.length for w in clip_windows(5000, cfg, 16000)] == [4800]

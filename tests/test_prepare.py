@@ -138,7 +138,8 @@ def test_csv_duplicate_rows_and_extra_columns_are_logged(zalo_root, tmp_path, ca
 
 
 def test_silent_or_too_short_test_file_gets_the_fallback(zalo_root, tmp_path) -> None:
-    """The API's rule (src.data.audio.unusable_reason): such a file's pairs are not scored."""
+    """The API's rule (src.data.audio.unusable_reason): such a file's pairs are not scored; a
+    0.15 s clip is above the floor (data.min_scored_seconds, 0.1 s): kept, to be scored."""
     sf.write(zalo_root / "public-test" / "test001.wav", np.zeros(16000, np.float32), 16000)
     write_tone(zalo_root / "public-test" / "test002.wav", seconds=0.15)
     # 1.5 s, of which 0.1 s loud and the rest 45 dB below: little measured speech, but long
@@ -146,23 +147,32 @@ def test_silent_or_too_short_test_file_gets_the_fallback(zalo_root, tmp_path) ->
     burst = 0.005 * np.sin(np.arange(24000, dtype=np.float32) / 3)
     burst[8000:9600] *= 178.0
     sf.write(zalo_root / "public-test" / "test003.wav", burst, 16000)
+    write_tone(zalo_root / "public-test" / "test004.wav", seconds=0.09)  # < data.min_duration
     manifest, bad, prep = run_prepare(zalo_root, tmp_path)
     kept = manifest.set_index("name").loc["test003.wav"]
     assert kept["speech_seconds"] < 0.2 and kept["duration"] > 1.4
-    assert not {"test001.wav", "test002.wav"} & set(manifest["name"])
+    assert manifest.set_index("name").loc["test002.wav", "duration"] == pytest.approx(0.15)
+    assert not {"test001.wav", "test004.wav"} & set(manifest["name"])
     reasons = dict(zip(bad["path"].map(lambda p: Path(p).name), bad["reason"], strict=True))
     assert reasons["test001.wav"] == (
         "silent: RMS -inf dBFS, peak 0 (< -80 dBFS, data.silence_dbfs): digital silence (every "
         "sample is 0)"
     )
-    assert reasons["test002.wav"] == "too short: 0.15 s (< 0.2 s, data.min_scored_seconds)"
+    assert reasons["test004.wav"] == "too short: 0.090 s < 0.1 s"
+    assert "test002.wav" not in reasons
     fallback = pd.read_csv(prep / "fallback_pairs.csv")
-    assert fallback["reason"].str.contains("test001.wav: silent|test002.wav: too short").all()
+    assert fallback["reason"].str.contains("test001.wav: silent|test004.wav: too short").all()
     pairs = pd.read_csv(prep / "test_pairs.csv")
-    assert not {"test001.wav", "test002.wav"} & (set(pairs["audio_1"]) | set(pairs["audio_2"]))
+    named = set(pairs["audio_1"]) | set(pairs["audio_2"])
+    assert not {"test001.wav", "test004.wav"} & named and "test002.wav" in named
+    # with the floor raised, a 0.15 s test file is unusable again (its pairs: the fallback)
+    manifest, bad, _ = run_prepare(zalo_root, tmp_path / "strict", "data.min_scored_seconds=0.2")
+    assert "test002.wav" not in set(manifest["name"])
+    reasons = dict(zip(bad["path"].map(lambda p: Path(p).name), bad["reason"], strict=True))
+    assert reasons["test002.wav"] == "too short: 0.15 s (< 0.2 s, data.min_scored_seconds)"
     # a train clip as short is kept: data.min_scored_seconds is about scoring
-    write_tone(zalo_root / "train" / "100-M-20" / "short.wav", seconds=0.15)
-    manifest, _, _ = run_prepare(zalo_root, tmp_path)
+    write_tone(zalo_root / "train" / "100-M-20" / "short.wav", seconds=0.12)
+    manifest, _, _ = run_prepare(zalo_root, tmp_path / "strict", "data.min_scored_seconds=0.2")
     assert "short.wav" in set(manifest["name"])
 
 

@@ -53,9 +53,10 @@ def test_report_without_stack_or_labels(tmp_path):
 
 
 def test_duration_bins_and_gender_pairs():
-    bins = duration_bin(np.array([0.5, 1.0, 2.5, 9.0, np.nan]))
-    assert list(bins[:4]) == ["0-1 s", "1-2 s", "2-3 s", ">=8 s"]
-    assert pd.isna(bins[4])
+    bins = duration_bin(np.array([0.15, 0.5, 1.0, 2.5, 9.0, np.nan]))
+    # 0-0.5 s: the pairs with a short clip (data.short_clip_seconds) get a row of their own
+    assert list(bins[:5]) == ["0-0.5 s", "0.5-1 s", "1-2 s", "2-3 s", ">=8 s"]
+    assert pd.isna(bins[5])
     pairs = gender_pairing(
         pd.Series(["M", "F", "F", "NA", None]), pd.Series(["M", "F", "M", "M", "F"])
     )

@@ -88,8 +88,9 @@ def test_submit_stage_writes_checked_files(tmp_path, policy):
     submission = pd.read_csv(tmp_path / "outputs" / "submission.csv")
     assert list(submission.columns) == ["audio_1", "audio_2", "label"]
     assert submission[["audio_1", "audio_2"]].equals(expected_pairs())
-    scores = pd.read_csv(tmp_path / "outputs" / "submission_scores.csv")
-    assert list(scores.columns) == ["audio_1", "audio_2", "score", "label"]
+    scores = pd.read_csv(tmp_path / "outputs" / "submission_scores.csv", keep_default_na=False)
+    assert list(scores.columns) == ["audio_1", "audio_2", "score", "label", "short_clip"]
+    assert (scores["short_clip"] == "").all()  # no manifest: nothing is known to be short
     if policy == "balanced":
         assert submission["label"].tolist() == [1, 1, 0, 0]
 

@@ -4,8 +4,10 @@ A score is still given for such a clip, but the caller is told why it is less re
 API's ``warnings`` (``/api/predict`` and ``/api/predict_batch``) and per test file in the report.
 (A clip that must not be scored at all, silent below ``data.silence_dbfs`` or shorter
 than ``data.min_scored_seconds``, never gets this far: ``src.data.audio.unusable_reason`` sends a
-test file's pairs to the fallback answer and the API refuses it with a 422.) Each warning comes
-from the facts ``prepare`` records about a file
+test file's pairs to the fallback answer and the API refuses it with a 422.) A clip above that
+floor but shorter than ``data.short_clip_seconds`` is scored best-effort and flagged
+(:func:`short_clip_note`: column ``short_clip`` of ``submission_scores.csv``, the report, the
+API's warnings). Each warning comes from the facts ``prepare`` records about a file
 (``src.data.audio.clip_facts``: the manifest's columns, and the same facts of an upload):
 
 - recorded below ``checks.min_sample_rate`` (16 kHz): band-limited (an 8 kHz telephone clip has
@@ -125,6 +127,32 @@ def coarse_warning(bits: float, peak: float | None, min_bits: float) -> str:
         f"coarse samples: {shown_below(bits, min_bits, 2)} effective bits (< {min_bits:g} bits, "
         f"checks.min_effective_bits): {cause}; quantisation noise is close to the voice, the "
         "score is less reliable"
+    )
+
+
+def short_clip_note(duration: float, short_clip_seconds: float) -> str | None:
+    """The flag of a clip scored best-effort because it is short, or ``None`` when it is not:
+    the one rule for ``submit`` (column ``short_clip``), the report and the API's warnings.
+
+    Parameters
+    ----------
+    duration
+        The clip's length (seconds of audio, the manifest's ``duration``).
+    short_clip_seconds
+        ``data.short_clip_seconds``: a shorter clip is flagged (the caller has already refused
+        one under ``data.min_scored_seconds``).
+
+    >>> short_clip_note(0.15, 0.2)
+    'short clip: 0.15 s (< 0.2 s, data.short_clip_seconds): scored best-effort, less reliable'
+    >>> short_clip_note(0.2, 0.2) is None
+    True
+    """
+    if not duration < short_clip_seconds:
+        return None
+    shown = shown_below(duration, short_clip_seconds, 2)
+    return (
+        f"short clip: {shown} s (< {short_clip_seconds:g} s, data.short_clip_seconds): "
+        "scored best-effort, less reliable"
     )
 
 

@@ -167,7 +167,7 @@ def decode_settings(cfg: DataConfig) -> str:
     """Fingerprint of the ``data`` settings that change how a file decodes; every key not known
     to leave decoding alone counts, so a new setting re-decodes rather than reuses."""
     neutral = {"demo", "layout", "train_dir", "test_dir", "test_csv", "extensions", "workers",
-               "strict_test", "test_train_copies"}  # fmt: skip
+               "strict_test", "test_train_copies", "short_clip_seconds"}  # fmt: skip
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in neutral}
     return fingerprint(DECODE_VERSION, settings)
 

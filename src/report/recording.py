@@ -6,8 +6,8 @@ recorded, and which test files are outside the model's range.
   default ``export.recording_features=false``, is visible;
 - the invariance check of the last exported bundle (``invariance.csv`` beside its manifest:
   answers changed when one clip's gain, DC offset or channel layout is altered);
-- per test file, the warnings the API would give for it (``src/data/checks.py``), written to
-  ``file_warnings.csv``.
+- per test file, the warnings the API would give for it (``src/data/checks.py``, a short clip's
+  flag first), written to ``file_warnings.csv``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from src.config import ExperimentConfig
-from src.data.checks import recording_warnings
+from src.data.checks import recording_warnings, short_clip_note
 from src.util.io import read_json
 
 STACKER_NAMES = {
@@ -33,7 +33,8 @@ def file_warnings(manifest: pd.DataFrame, cfg: ExperimentConfig) -> pd.DataFrame
         said = recording_warnings(
             facts, cfg.checks, cfg.embed.window_seconds, cfg.data.silence_dbfs
         )
-        rows += [(facts["name"], line) for line in said]
+        short = short_clip_note(float(facts["duration"]), cfg.data.short_clip_seconds)
+        rows += [(facts["name"], line) for line in ([short] if short else []) + said]
     return pd.DataFrame(rows, columns=["name", "warning"])
 
 

@@ -51,7 +51,8 @@ from .recording import bundle_invariance, bundle_stackers, file_warnings, record
 
 log = logging.getLogger(__name__)
 
-DURATION_EDGES = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, np.inf)
+# 0-0.5 s: the pairs with a short clip (Zalo's start at 0.4 s; data.short_clip_seconds)
+DURATION_EDGES = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, np.inf)
 MIN_GROUP_TRIALS = 30  # smaller groups are listed but not used to answer the summary questions
 LABELS_FILE = "public-test-labels.csv"
 
@@ -152,6 +153,18 @@ def _scored_share(rows: np.ndarray | None, expected: pd.DataFrame | None) -> dic
     if rows is None or expected is None or len(rows) == len(expected):
         return {}
     return {"test_pairs_scored": len(rows), "test_pairs": len(expected)}
+
+
+def short_clip_pairs(path: Path) -> pd.DataFrame | None:
+    """The rows of ``submission_scores.csv`` flagged in its ``short_clip`` column (``row`` = the
+    test CSV's row), or ``None`` when there are none or no such file or column."""
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "short_clip" not in table:
+        return None
+    flagged = table[table["short_clip"] != ""].rename_axis("row").reset_index()
+    return None if flagged.empty else flagged
 
 
 def submission_accuracy(path: Path, test_labels: np.ndarray) -> dict | None:
@@ -515,6 +528,21 @@ def summary_markdown(
             "",
             _table(fallback[["row", "audio_1", "audio_2", "reason"]].head(20)),
         ]
+    short = extra.get("short_clip_pairs")
+    if short is not None:
+        lines += [
+            "",
+            "## Test pairs scored with a short clip",
+            "",
+            f"{len(short)} pair(s) name a test clip shorter than `data.short_clip_seconds`: "
+            "scored best-effort (column `short_clip` of the submission scores; the API warns "
+            "about such a clip). On libri-zalo's OOF trials with one clip cut to 0.1-0.2 s, "
+            "frozen CAM++'s AS-norm score at one threshold was right 54 % of the time, the "
+            "constant answer 50 % (bench/RESULTS.md, 2026-12-04): better than a coin, far "
+            "below a full clip.",
+            "",
+            _table(short[["row", "audio_1", "audio_2", "label", "short_clip"]].head(20)),
+        ]
     lines += _data_notes_lines(extra.get("data_notes"))
     if extra.get("recording") is not None:
         lines += recording_markdown(*extra["recording"], _table)
@@ -747,6 +775,7 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     extra = _stack_extras(cfg.stack_dir)
     extra["test_train_copies"] = _copies(cfg)
     extra["fallback_pairs"] = None if fallback.empty else fallback
+    extra["short_clip_pairs"] = short_clip_pairs(cfg.submission_scores_path)
     extra["graph"] = graph
     extra["data_notes"] = data_notes(cfg.paths.prep_dir, manifest)
     extra["diagnostics"] = diagnostics

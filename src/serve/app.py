@@ -15,11 +15,13 @@ computes it for a test pair); ``label`` is 1 (same speaker) at or above ``thresh
 pipeline would not score is refused with a 422 that names it and says why, by ``prepare``'s own
 rule and thresholds (:func:`src.data.audio.unusable_reason`): silent (RMS below
 ``data.silence_dbfs``, with its RMS and peak) or too short (under
-``data.min_scored_seconds`` of audio). A usable clip outside the model's range is still
-scored, with a warning that names it and says why (``src/data/checks.py``: recorded below
-16 kHz, less speech than the model's window, clipped, near-silent with the reason, a channel
-left out of the downmix). A bad upload gets a 4xx with ``{"detail": reason}`` (see
-:mod:`src.serve.uploads`; a missing field is FastAPI's 422) and the server keeps serving.
+``data.min_scored_seconds`` of audio, 0.1 s by default; under ``data.min_duration`` the upload
+does not decode: 400). A usable clip outside the model's range is still
+scored, with a warning that names it and says why (``src/data/checks.py``: shorter than
+``data.short_clip_seconds``, scored best-effort; recorded below 16 kHz, less speech than the
+model's window, clipped, near-silent with the reason, a channel left out of the downmix). A
+bad upload gets a 4xx with ``{"detail": reason}`` (see :mod:`src.serve.uploads`; a missing field
+is FastAPI's 422) and the server keeps serving.
 
 ``POST /api/predict_batch``: files ``files`` (several; each known by its file name) and a form
 field ``pairs``: CSV text with a header ``audio_1,audio_2`` or a JSON list of name pairs. Each
@@ -65,7 +67,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from src.config import ChecksConfig, ExperimentConfig, ServeConfig
 from src.data.audio import unusable_reason
-from src.data.checks import recording_warnings
+from src.data.checks import recording_warnings, short_clip_note
 from src.data.pairs import DataLayoutError, clean_name, pair_list_from_rows, pair_list_from_text
 
 from .bundle import BundleError
@@ -195,6 +197,8 @@ class BundleService:
         if unusable is not None:
             raise UploadError(422, f"{field}: not scored: {unusable}")
         said = recording_warnings(facts, self.checks, self.window, data.silence_dbfs)
+        short = short_clip_note(upload.clip.duration, data.short_clip_seconds)
+        said = [short, *said] if short is not None else said
         return Clip(upload.samples, facts), [f"{field}: {line}" for line in said]
 
     def score_pair(self, uploads: dict[str, bytes]) -> Prediction:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from src.config import ExperimentConfig
+from src.data.checks import short_clip_note
 from src.data.pairs import PairList, first_difference
 from src.data.prepare import FALLBACK_NAME, read_fallback_pairs
 from src.util.io import write_csv
@@ -283,6 +284,49 @@ def with_fallback_rows(
     return out.assign(label=out["label"].astype(np.int64)).reset_index(drop=True)
 
 
+def short_clip_flags(
+    table: pd.DataFrame, durations: dict[str, float], short_clip_seconds: float
+) -> pd.Series:
+    """Per row of ``table`` (columns ``audio_1``, ``audio_2``, maybe ``fallback``), the short
+    clips it was scored with, best-effort (:func:`src.data.checks.short_clip_note`), as
+    ``"name: short clip: 0.15 s (...)"`` joined by ``"; "``; empty for a row with no short clip
+    and for a fallback row (it has no score). ``durations``: seconds of audio per test name.
+
+    Example
+    -------
+    >>> rows = pd.DataFrame({"audio_1": ["a", "b"], "audio_2": ["b", "c"], "fallback": ["", ""]})
+    >>> short_clip_flags(rows, {"a": 3.0, "b": 0.15, "c": 2.0}, 0.2).str.slice(0, 20).tolist()
+    ['b: short clip: 0.15 ', 'b: short clip: 0.15 ']
+    """
+    notes = {}
+    for name, seconds in durations.items():
+        note = short_clip_note(seconds, short_clip_seconds)
+        if note is not None:
+            notes[name] = f"{name}: {note}"
+    flags = [
+        "" if failed else "; ".join(notes[n] for n in dict.fromkeys((a, b)) if n in notes)
+        for a, b, failed in zip(
+            table["audio_1"],
+            table["audio_2"],
+            table.get("fallback", pd.Series("", index=table.index)).astype(bool),
+            strict=True,
+        )
+    ]
+    return pd.Series(flags, index=table.index, dtype=str)
+
+
+def durations_of_test_files(cfg: ExperimentConfig) -> dict[str, float]:
+    """Seconds of audio of each usable test file, by name (the manifest's ``duration``); empty
+    without a manifest (stack outputs submitted on their own: no row is flagged)."""
+    path = cfg.paths.prep_dir / "manifest.csv"
+    if not path.is_file():
+        log.info("no %s: no test pair is checked for a short clip", path)
+        return {}
+    manifest = read_csv(path, ["name", "split", "duration"], "manifest")
+    test = manifest[manifest["split"] == "test"]
+    return dict(zip(test["name"].astype(str), test["duration"].astype(float), strict=True))
+
+
 def read_fallback(cfg: ExperimentConfig, expected: pd.DataFrame) -> pd.DataFrame:
     """``prep/fallback_pairs.csv`` checked against the test CSV; empty without."""
     fallback = read_fallback_pairs(cfg.paths.prep_dir)
@@ -356,6 +400,17 @@ def submit_stage(cfg: ExperimentConfig) -> None:
             "submit.positive_share",
             len(fallback),
             int(cfg.submit.positive_share >= 0.5),
+            cfg.submission_scores_path.name,
+        )
+    table["short_clip"] = short_clip_flags(
+        table, durations_of_test_files(cfg), cfg.data.short_clip_seconds
+    )
+    if (flagged := int((table["short_clip"] != "").sum())) > 0:
+        log.warning(
+            "%d test pair(s) scored best-effort with a clip under data.short_clip_seconds "
+            "(%g s): flagged in column 'short_clip' of %s",
+            flagged,
+            cfg.data.short_clip_seconds,
             cfg.submission_scores_path.name,
         )
     table = as_written(table, pair_list)
