@@ -48,6 +48,7 @@ SILENT_CHANNEL_DB = 40.0  # defaults of data.downmix_silent_db and data.downmix_
 CANCEL_DB = 6.0
 GRID_BITS = 24  # the finest integer coding a float32 sample holds exactly (its 24-bit mantissa)
 GRID_SCALE = np.float32(2 ** (GRID_BITS - 1))  # full scale 1.0 in steps of that grid
+STREAM_CHUNK = 1 << 20  # samples per block of effective_bits: bounded memory on long clips
 GCD_CHUNK = 4096  # samples per np.gcd.reduce: a full-resolution clip stops after the first
 
 
@@ -284,22 +285,33 @@ def effective_bits(column: np.ndarray) -> float:
     """
     if column.size == 0:
         return math.nan
-    codes = column * GRID_SCALE  # a power of two: exact in float32
-    head = codes[:GCD_CHUNK]
-    if not np.array_equal(head, np.rint(head)) or not np.array_equal(codes, np.rint(codes)):
-        return math.nan
-    levels = codes.astype(np.int64)
-    low = int(levels.min())
-    span = int(levels.max()) - low
+    # block by block: a long clip is never copied whole (prepare holds few copies of a clip)
+    low, high = math.inf, -math.inf
+    for start in range(0, column.size, STREAM_CHUNK):
+        codes = column[start : start + STREAM_CHUNK] * GRID_SCALE  # a power of two: exact
+        if not np.array_equal(codes, np.rint(codes)):
+            return math.nan
+        low, high = min(low, float(codes.min())), max(high, float(codes.max()))
+    span = int(high - low)
     if span == 0:
         return 0.0
-    levels -= low
-    return math.log2(span / coding_step(levels) + 1)
+    bits, step = 0, 0
+    for start in range(0, column.size, STREAM_CHUNK):
+        offsets = (column[start : start + STREAM_CHUNK] * GRID_SCALE - low).astype(np.int64)
+        bits |= int(np.bitwise_or.reduce(offsets))
+    floor = bits & -bits  # the power-of-two part of the gcd
+    for start in range(0, column.size, STREAM_CHUNK):
+        offsets = (column[start : start + STREAM_CHUNK] * GRID_SCALE - low).astype(np.int64)
+        step = coding_step(offsets, step, floor)
+        if step == floor:
+            break
+    return math.log2(span / step + 1)
 
 
-def coding_step(offsets: np.ndarray) -> int:
+def coding_step(offsets: np.ndarray, step: int = 0, floor: int | None = None) -> int:
     """Greatest common divisor of non-negative integer ``offsets`` (``(n,)`` int64, not all
-    zero).
+    zero) and ``step`` (a gcd of earlier blocks; 0: none); ``floor``: the power-of-two part of
+    the whole clip's gcd, when already known.
 
     Its power-of-two part is the lowest bit set in any offset (one vectorised OR: 2**8 for a
     16-bit file on the 24-bit grid, 2**16 for an 8-bit one); the rest is reduced
@@ -311,9 +323,9 @@ def coding_step(offsets: np.ndarray) -> int:
     >>> coding_step(np.array([0, 768, 1536], dtype=np.int64))
     768
     """
-    bits = int(np.bitwise_or.reduce(offsets))
-    floor = bits & -bits  # the power-of-two part of the gcd
-    step = 0
+    if floor is None:
+        bits = int(np.bitwise_or.reduce(offsets))
+        floor = bits & -bits  # the power-of-two part of the gcd
     for start in range(0, offsets.size, GCD_CHUNK):
         step = int(np.gcd.reduce(offsets[start : start + GCD_CHUNK], initial=step))
         if step == floor:
