@@ -111,3 +111,30 @@ def test_graph_answers_need_the_bundles_held_out_clips(model) -> None:
         for fold, vectors in folds.items():
             assert vectors.shape[0] == sizes[str(fold)]["held_out"], (run, fold)
             np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_a_refused_pair_keeps_the_batchs_stacker_reason(tiny_bundle, model) -> None:
+    """A silent clip fails its pairs with their own error; the batch's ``stacker_reason`` still
+    says why its stacker answered (it was overwritten by the last refused pair's error)."""
+    import io
+
+    import soundfile as sf
+
+    from src.config import ChecksConfig
+    from src.serve.app import BundleService
+
+    files, pairs = public_test_upload(tiny_bundle)
+    uploads = {name: payload for _, (name, payload) in files}
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros(model.sample_rate, dtype=np.float32), model.sample_rate, "PCM_16",
+             format="WAV")  # fmt: skip
+    uploads["silent.wav"] = silent.getvalue()
+    table = pd.read_csv(io.StringIO(pairs), dtype=str)[["audio_1", "audio_2"]]
+    table = pd.concat(
+        [table, pd.DataFrame({"audio_1": ["silent.wav"], "audio_2": [table["audio_1"][0]]})],
+        ignore_index=True,
+    )
+    batch = BundleService(model, ServeConfig(), ChecksConfig()).score_batch(uploads, table)
+    assert batch.refused == 1 and "silent" in (batch.results[-1].error or "")
+    assert batch.stacker == "graph"
+    assert batch.stacker_reason.startswith(f"{len(files)} usable clips form the trial graph")

@@ -242,8 +242,8 @@ class BundleService:
         results, rows = [], iter(answered.to_dict("records"))
         for a, b, failed in zip(pairs["audio_1"], pairs["audio_2"], bad, strict=True):
             if failed:
-                reason = "; ".join(errors[n] for n in dict.fromkeys((a, b)) if n in errors)
-                results.append(PairPrediction(audio_1=a, audio_2=b, error=reason))
+                error = "; ".join(errors[n] for n in dict.fromkeys((a, b)) if n in errors)
+                results.append(PairPrediction(audio_1=a, audio_2=b, error=error))
                 continue
             row = next(rows)
             results.append(
