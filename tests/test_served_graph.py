@@ -138,3 +138,12 @@ def test_a_refused_pair_keeps_the_batchs_stacker_reason(tiny_bundle, model) -> N
     assert batch.refused == 1 and "silent" in (batch.results[-1].error or "")
     assert batch.stacker == "graph"
     assert batch.stacker_reason.startswith(f"{len(files)} usable clips form the trial graph")
+
+
+def test_predict_refuses_two_files_of_one_cleaned_name(tmp_path) -> None:
+    from src.serve.predict import folder_clips
+
+    (tmp_path / "a.wav").write_bytes(b"x")
+    (tmp_path / " a.wav").write_bytes(b"y")
+    with pytest.raises(ValueError, match="same name"):
+        folder_clips(tmp_path, [".wav"])

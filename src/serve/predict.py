@@ -40,6 +40,8 @@ def folder_clips(folder: Path, extensions: list[str] | tuple[str, ...]) -> dict[
     ------
     FileNotFoundError
         When ``folder`` is not a folder or holds no audio file.
+    ValueError
+        When two file names are equal once cleaned (:func:`src.data.pairs.clean_name`).
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"predict: no folder {folder}")
@@ -47,7 +49,17 @@ def folder_clips(folder: Path, extensions: list[str] | tuple[str, ...]) -> dict[
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in wanted)
     if not files:
         raise FileNotFoundError(f"predict: no audio file ({', '.join(sorted(wanted))}) in {folder}")
-    return {clean_name(p.name): p.read_bytes() for p in files}
+    clips: dict[str, bytes] = {}
+    shown: dict[str, str] = {}
+    for path in files:
+        name = clean_name(path.name)
+        if name in clips:  # as the API refuses two uploads of one name (upload_name)
+            raise ValueError(
+                f"predict: {shown[name]!r} and {path.name!r} in {folder} are the same name "
+                f"{name!r} once normalised (Unicode NFC, surrounding spaces removed)"
+            )
+        clips[name], shown[name] = path.read_bytes(), path.name
+    return clips
 
 
 def predict_folder(
