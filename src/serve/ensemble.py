@@ -133,12 +133,15 @@ class GraphStacker:
     description: dict[str, Any]
     groups: list[StackerGroup]
     held_out: dict[str, dict[int, np.ndarray]]
-    experiments: dict[str, list[str]]
     decision: dict[str, Any]
 
     @property
     def threshold(self) -> float:
         return float(self.decision["threshold"])
+
+    @property
+    def experiments(self) -> dict[str, list[str]]:
+        return self.description["graph"]["experiments"]
 
 
 def csv_round_trip(frame: pd.DataFrame) -> pd.DataFrame:
@@ -434,7 +437,7 @@ def load_graph_stacker(root: Path, manifest: dict[str, Any]) -> GraphStacker | N
                     f"{path} has shape {vectors.shape}, the manifest says {count} clips"
                 )
             held_out[run][int(fold_name)] = vectors
-    return GraphStacker(description, groups, held_out, experiments, decision)
+    return GraphStacker(description, groups, held_out, decision)
 
 
 def features_for(view: pd.DataFrame, columns: list[str]) -> np.ndarray:

@@ -222,8 +222,8 @@ def graph_decision(cfg: ExperimentConfig, graph_stacker: dict[str, Any]) -> dict
     labels ``submit.positive_share`` of them), and the transitive-consistency shares ``submit``
     chooses on OOF trials (``None``: off). Also the test clips each fold graph was fitted with
     (a batch with far fewer gets the no-graph stacker)."""
+    from src.stacking.submit import transitive_choice
     from src.stacking.threshold import apply_policy
-    from src.stacking.transitive import choose_shares, decide
 
     test = read_csv(cfg.stack_dir / "test_predictions.csv", ["prob"], "stack predictions")
     oof = read_csv(
@@ -237,8 +237,7 @@ def graph_decision(cfg: ExperimentConfig, graph_stacker: dict[str, Any]) -> dict
     )
     high = low = None
     if cfg.submit.transitive != "off":
-        choose = decide if cfg.submit.transitive == "auto" else choose_shares
-        choice = choose(oof, probs, share)
+        choice = transitive_choice(cfg, oof)
         high, low = choice.high_share, choice.low_share
     sizes = graph_stacker["graph"]["sizes"]
     return {

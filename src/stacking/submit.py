@@ -146,7 +146,7 @@ def apply_transitive(
     OOF folds (their labels) and placed on the test graph's own probabilities
     (:mod:`src.stacking.transitive`); moved pairs keep their order (ties: the probability
     before)."""
-    from .transitive import choose_shares, decide, propagate, share_thresholds
+    from .transitive import propagate, share_thresholds
 
     needed = ["fold", *PAIR_KEYS, "label", "prob"]
     if not set(needed) <= set(oof.columns):
@@ -156,7 +156,7 @@ def apply_transitive(
         return table
     share = cfg.submit.positive_share
     probs = oof["prob"].to_numpy()
-    choice = (decide if cfg.submit.transitive == "auto" else choose_shares)(oof, probs, share)
+    choice = transitive_choice(cfg, oof)
     if choice.high_share is None:
         log.info(
             "transitive consistency off: no gain on OOF trials (accuracy %.4f%s)",
@@ -191,6 +191,17 @@ def apply_transitive(
         len(out),
     )
     return out
+
+
+def transitive_choice(cfg: ExperimentConfig, oof: pd.DataFrame):
+    """The transitive-consistency shares ``submit.transitive`` picks on the stack's OOF trials
+    (``auto``: only when the nested OOF accuracy gains; ``on``: the best shares); ``oof`` is
+    ``oof_predictions.csv`` with fold, clip ids, label and prob. Returns a ``TransitiveChoice``
+    (``high_share`` None: off). Shared by ``submit`` and the export of the graph stacker."""
+    from .transitive import choose_shares, decide
+
+    choose = decide if cfg.submit.transitive == "auto" else choose_shares
+    return choose(oof, oof["prob"].to_numpy(), cfg.submit.positive_share)
 
 
 BUNDLE_COLUMN = "prob_bundle"  # the stack's column with the exported bundle's probabilities
