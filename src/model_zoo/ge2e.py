@@ -28,6 +28,7 @@ torch.Size([2, 256])
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -158,22 +159,27 @@ def raise_to_dbfs(waveform: torch.Tensor, target_dbfs: float) -> torch.Tensor:
 
 
 def resemblyzer_weights_path() -> Path:
-    """The GE2E weights shipped inside the optional ``resemblyzer`` wheel.
+    """The GE2E weights (``pretrained.pt``) shipped inside the ``resemblyzer`` wheel.
+
+    The package is located with ``importlib.util.find_spec``, never imported: its
+    ``__init__`` imports webrtcvad and librosa, which the default install
+    (``requirements-ge2e.txt``, ``--no-deps``) leaves out since only this file is read.
 
     Raises
     ------
     RuntimeError
-        When the package is not installed (the message says how to install it).
+        When the wheel is not installed or lacks the file (the message says how to install it).
     """
-    try:
-        import resemblyzer
-    except ImportError as err:
+    spec = importlib.util.find_spec("resemblyzer")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(folders[0]) / "pretrained.pt" if folders else None
+    if path is None or not path.is_file():
         raise RuntimeError(
-            f"model.architecture=ge2e with pretrained weights needs the resemblyzer package "
-            f"({err}); install the optional extra: .venv/bin/pip install -r "
-            "requirements-resemblyzer.txt"
-        ) from None
-    return Path(resemblyzer.__file__).resolve().parent / "pretrained.pt"
+            "model.architecture=ge2e with pretrained weights needs the resemblyzer wheel's "
+            "pretrained.pt, which is not installed; install it: .venv/bin/pip install --no-deps "
+            "-r requirements-ge2e.txt (bash scripts/setup_env.sh does)"
+        )
+    return path
 
 
 def load_ge2e_weights(encoder: GE2EEncoder, path: Path | None = None) -> None:
