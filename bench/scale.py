@@ -12,9 +12,16 @@ Training is capped (``--epochs`` epochs of ``--steps`` steps per fold, stated in
 every other stage runs in full. The JSON has one row per size and stage, and the ratio of each
 stage's time between the two largest sizes (linear growth: the ratio of the sizes).
 
+With ``--one-process`` the pipeline runs instead as ``bash run.sh`` runs it, one
+``python -m src run`` process, and the JSON gives the seconds from its start to each line of
+the log that says where ``submission.csv`` came from (the frozen encoders' early submission,
+then the full stack's), each stage's seconds, the total and the peak memory; the log is kept
+beside the JSON.
+
 Usage::
 
     .venv/bin/python -m bench.scale --root /tmp/scale --sizes 1.0 0.5 --out bench/scale.json
+    .venv/bin/python -m bench.scale --root /tmp/scale --sizes 1.0 --one-process --out x.json
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="training steps per epoch (cap)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="synthesis")
     parser.add_argument("--stages", nargs="+", default=list(PIPELINE), choices=list(PIPELINE))
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="every stage in one `python -m src run` (as bash run.sh): time to each submission",
+    )
     parser.add_argument("overrides", nargs="*", help="more config overrides, key.sub=value")
     return parser.parse_args(argv)
 
@@ -102,6 +115,39 @@ def run_stage(stage: str, config: Path, overrides: list[str]) -> dict[str, Any]:
     }
 
 
+SOURCE_LINE = re.compile(r"submission source: (.*)")
+STAGE_LINE = re.compile(r"stage (.+) done in ([0-9.]+) s")
+
+
+def run_pipeline_process(config: Path, overrides: list[str], log_path: Path) -> dict[str, Any]:
+    """The whole pipeline in one ``python -m src run`` process; each log line is timed as it
+    arrives. Returns the seconds to each ``submission source`` line, each stage's seconds,
+    the total and the peak resident memory (MiB)."""
+    command = [sys.executable, "-m", "src", "run", "--config", str(config), *overrides]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    submissions, stages = [], []
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        for line in process.stdout or []:
+            log_file.write(line)
+            seconds = round(time.perf_counter() - started, 1)
+            if match := SOURCE_LINE.search(line):
+                submissions.append({"seconds": seconds, "line": match.group(1).strip()})
+            elif match := STAGE_LINE.search(line):
+                stages.append({"stage": match.group(1), "seconds": float(match.group(2))})
+    _, status, usage = os.wait4(process.pid, 0)
+    return {
+        "exit_code": os.waitstatus_to_exitcode(status),
+        "seconds": round(time.perf_counter() - started, 1),
+        "submissions": submissions,
+        "stages": stages,
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "log": str(log_path),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     args = parse_args(argv)
@@ -124,6 +170,13 @@ def main(argv: list[str] | None = None) -> None:
             f"train.steps_per_epoch={args.steps}",
             *args.overrides,
         ]
+        if args.one_process:
+            log_path = args.out.with_name(f"{args.out.stem}-{fraction:g}.log")
+            run = run_pipeline_process(args.config, overrides, log_path)
+            log.info("size %g: %s", fraction, run)
+            result["sizes"][f"{fraction:g}"] = {"data": summary, "counts": counts, "run": run}
+            write_json(args.out, result)
+            continue
         rows = []
         for stage in args.stages:
             row = run_stage(stage, args.config, overrides)
@@ -133,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                 break
         result["sizes"][f"{fraction:g}"] = {"data": summary, "counts": counts, "stages": rows}
         write_json(args.out, result)  # after every size: a long run keeps what it measured
-    if len(args.sizes) >= 2:
+    if len(args.sizes) >= 2 and not args.one_process:
         big, small = (f"{f:g}" for f in sorted(args.sizes, reverse=True)[:2])
         times = {
             k: {r["stage"]: r["seconds"] for r in result["sizes"][k]["stages"]}

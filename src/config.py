@@ -571,6 +571,13 @@ class ExperimentConfig(Section):
         "extra is not installed is skipped with a warning",
     )
     checks: ChecksConfig = ChecksConfig()
+    early_submission: bool = Field(
+        True,
+        description="a config that trains a first level and has frozen companions (pretrained "
+        "encoders: CAM++, GE2E) writes a complete submission from the frozen ones first "
+        "(variant 'frozen'), before any training; the full stack replaces it when its OOF EER "
+        "is not higher (src/early_submission.py)",
+    )
 
     @field_validator("tracking", mode="before")
     @classmethod
@@ -586,6 +593,8 @@ class ExperimentConfig(Section):
 
     # where this config came from (file, overrides, result-changing settings): for run records
     _origin: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # the suffix of submission[_scores].csv when it is not the variant's (with_submission_name)
+    _submission_suffix: str | None = PrivateAttr(default=None)
 
     @property
     def origin(self) -> dict[str, Any]:
@@ -653,11 +662,28 @@ class ExperimentConfig(Section):
 
     @property
     def submission_path(self) -> Path:
-        return self._second_level("submission", ".csv")
+        return self._submission_file("submission")
 
     @property
     def submission_scores_path(self) -> Path:
-        return self._second_level("submission_scores", ".csv")
+        return self._submission_file("submission_scores")
+
+    @property
+    def submission_source_path(self) -> Path:
+        """Which stack wrote ``submission_path`` (``src/early_submission.py``)."""
+        return self._submission_file("submission_source", ".json")
+
+    def _submission_file(self, name: str, extension: str = ".csv") -> Path:
+        if self._submission_suffix is None:
+            return self._second_level(name, extension)
+        return self.paths.outputs / f"{name}-{self._submission_suffix}{extension}"
+
+    def with_submission_name(self, suffix: str) -> ExperimentConfig:
+        """A copy whose submit and report write and read ``submission-<suffix>.csv`` (and its
+        scores file) instead of the variant's: the stack, report and bundle folders stay."""
+        copy_ = self.model_copy()
+        copy_._submission_suffix = f"{self.variant}-{suffix}" if self.variant else suffix
+        return copy_
 
     @property
     def bundle_dir(self) -> Path:
@@ -752,7 +778,10 @@ def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
 
 
 # settings that change no result: never part of a run's identity
-NOT_RESULTS = ("experiment", "run", "variant", "tracking", "paths", "export", "serve", "checks")
+NOT_RESULTS = (
+    "experiment", "run", "variant", "tracking", "paths", "export", "serve", "checks",
+    "early_submission",
+)  # fmt: skip
 # (data.short_clip_seconds flags rows of submission_scores.csv: no score or label changes)
 NO_RESULT_KEYS = {
     "data.workers", "train.workers", "train.device", "embed.batch_seconds",

@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from src import early_submission
 from src.config import ExperimentConfig
 
 log = logging.getLogger("src.run")
@@ -138,12 +139,24 @@ def run_pipeline(
         ensure_input(cfg, demo)
     log.info("run %s (variant %s): stages %s", cfg.run_name, cfg.variant or "-", " ".join(stages))
     timings: dict[str, float] = {}
-    for number, stage in enumerate(stages, 1):
-        log.info("stage %d/%d: %s", number, len(stages), stage)
+
+    def timed(stage: str, run: ExperimentConfig) -> None:
+        label = stage if run is cfg else f"{stage} ({run.run_name}, {run.variant or '-'})"
+        log.info("stage %s", label)
         started = time.perf_counter()
-        call_stage(stage, cfg, force=force)
-        timings[stage] = time.perf_counter() - started
-        log.info("stage %s done in %.1f s", stage, timings[stage])
+        call_stage(stage, run, force=force)
+        seconds = time.perf_counter() - started
+        timings[stage] = timings.get(stage, 0.0) + seconds
+        log.info("stage %s done in %.1f s", label, seconds)
+
+    if early_submission.applies(cfg, stages):
+        early_submission.run_early_first(cfg, stages, timed)
+    else:
+        for stage in stages:
+            timed(stage, cfg)
     wrote = f"; submission: {cfg.submission_path}" if "submit" in stages else ""
+    if "submit" in stages and cfg.submission_source_path.is_file():
+        record = early_submission.read_source(cfg)
+        wrote += f" (from {record.get('stack')}, OOF EER {100 * record.get('oof_eer', 0):.2f} %)"
     log.info("done in %.1f s%s", sum(timings.values()), wrote)
     return timings

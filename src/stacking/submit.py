@@ -425,6 +425,8 @@ def submit_stage(cfg: ExperimentConfig) -> None:
             cfg.submission_scores_path.name,
         )
     table = as_written(table, pair_list)
+    # a record of which stack wrote the file before (src/early_submission.py) no longer holds
+    cfg.submission_source_path.unlink(missing_ok=True)
     write_csv(cfg.submission_scores_path, table)
     write_csv(cfg.submission_path, table[[*PAIR_KEYS, "label"]])
     log.info(
