@@ -4,7 +4,8 @@ For each method the stacked configs are run as variants (``score.adapt=<method>`
 run folders), their frozen encoders' clip vectors seeded from the plain runs' stores (nothing is
 embedded twice), then stack, submit and report. Printed and written as JSON per method: each
 run's OOF EER (cosine, AS-norm, adapted) and test accuracy, the stack's OOF EER and test
-accuracy, the stack's adversarial AUC (OOF trials vs test pairs), and the pseudo-speakers of the
+accuracy, adversarial AUCs (OOF trials vs test pairs: the stack's on metadata, its graph
+groups', and the runs' score columns'), and the pseudo-speakers of the
 held-out clips (OOF) and of the test clips against their true speakers (read from
 ``public-test-meta.csv`` for this table only: nothing is chosen on it).
 
@@ -34,6 +35,7 @@ from bench.accuracy import FIRST_LEVEL, SECOND_LEVEL, results_table, run_stage, 
 from src.config import ExperimentConfig, load_config
 from src.inference.adapt import cluster_report, pseudo_speakers
 from src.inference.embed import load_embeddings
+from src.stacking.adversarial import adversarial_validation
 from src.util.io import read_json, write_json
 from src.util.logs import setup_logging
 
@@ -63,6 +65,32 @@ def test_purity(cfg: ExperimentConfig) -> dict | None:
     return cluster_report(pseudo_speakers(emb["vectors"][rows]), speakers)
 
 
+def score_shift(configs: list[ExperimentConfig]) -> dict:
+    """Adversarial AUC of the runs' score columns (OOF trials vs fold 0's view of the test
+    pairs, as the fold-0 stacker meets them): all columns together and each alone."""
+    oof_parts, test_parts = [], []
+    for cfg in configs:
+        oof = pd.read_csv(cfg.experiment_dir / "oof_scores.csv")
+        test = pd.read_csv(cfg.experiment_dir / "test_scores.csv")
+        columns = [c for c in ("cosine", "asnorm", "adapted") if c in oof.columns]
+        oof_parts.append(oof[columns].add_prefix(f"{cfg.experiment}__"))
+        view = test[[f"{c}_fold0" for c in columns]].set_axis(columns, axis=1)
+        test_parts.append(view.add_prefix(f"{cfg.experiment}__"))
+    pairs = ["audio_1", "audio_2"]
+    table, summary = adversarial_validation(
+        pd.concat(oof_parts, axis=1),
+        pd.concat(test_parts, axis=1),
+        configs[0].stack,
+        configs[0].seed,
+        oof[pairs],
+        test[pairs],
+    )
+    return {
+        "auc": summary["auc"],
+        "per_feature": dict(zip(table["feature"], table["auc"], strict=True)),
+    }
+
+
 def method_results(configs: list[ExperimentConfig]) -> dict:
     """What one method's runs and stack measured."""
     lead = configs[0]
@@ -89,6 +117,7 @@ def method_results(configs: list[ExperimentConfig]) -> dict:
             read_json(adversarial).get("auc") if adversarial.is_file() else None
         ),
         "graph_adversarial_auc": stack.get("graph_adversarial_auc"),
+        "score_adversarial_auc": score_shift(configs),
     }
 
 

@@ -235,3 +235,48 @@ def test_export_refuses_a_run_scored_with_adaptation(tmp_path: Path) -> None:
     check_not_adapted({"plain": cfg})
     with pytest.raises(ValueError, match="score.adapt"):
         check_not_adapted({"plain": cfg, "adapted_run": adapted})
+
+
+def test_the_stack_reads_the_adapted_column_only_where_a_run_has_it() -> None:
+    from src.stacking.features import score_features
+
+    plain = pd.DataFrame({"cosine": [0.5], "asnorm": [1.0], "cosine_fold0": [0.4],
+                          "asnorm_fold0": [0.9]})  # fmt: skip
+    assert list(score_features(plain, "run", "_fold0").columns) == ["run__cosine", "run__asnorm"]
+    adapted = plain.assign(adapted=[2.0], adapted_fold0=[3.0])
+    features = score_features(adapted, "run", "_fold0")
+    assert list(features.columns) == ["run__cosine", "run__asnorm", "run__adapted"]
+    assert features["run__adapted"].tolist() == [3.0]  # fold 0's own view, as for asnorm
+    with pytest.raises(KeyError, match="adapted_fold1"):
+        score_features(adapted, "run", "_fold1")
+
+
+def test_the_report_section_compares_clusters_with_the_held_out_speakers() -> None:
+    from src.report.report import adaptation_markdown
+
+    fold = {"oof": {"clips": 30, "speakers": 7, "clusters": 6, "clips_kept": 28, "purity": 0.9,
+                    "pair_recall": 0.8}, "test": {"clips": 40, "clusters": 9}}  # fmt: skip
+    runs = {"cam": {"method": "wccn", "folds": {"1": fold, "0": fold},
+                    "eer": {"cosine": 0.05, "asnorm": 0.04, "adapted": 0.03}}}  # fmt: skip
+    text = "\n".join(adaptation_markdown(runs))
+    assert "## Test-set adaptation" in text and "`score.adapt=wccn`" in text
+    assert "adapted 3.0 %" in text and "| 0 | 30 | 7 | 6 | 28 | 90.0 % | 80.0 % | 40 | 9 |" in text
+
+
+def test_the_shifted_test_is_seeded_and_leaves_training_audio_alone(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from bench.shift_test import build
+    from tests.conftest import make_zalo
+
+    source = make_zalo(tmp_path / "source", n_speakers=2, clips=2, n_test=3)
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert build(source, first, seed=1) == build(source, second, seed=1) == 3
+    for path in sorted((source / "public-test").glob("*.wav")):
+        shifted, rate = sf.read(first / "public-test" / path.name)
+        assert rate == 8000 and shifted.size == round(sf.info(path).duration * 8000)
+        assert (first / "public-test" / path.name).read_bytes() == (
+            second / "public-test" / path.name
+        ).read_bytes()
+    assert (first / "train").resolve() == (source / "train").resolve()
+    assert (first / "public-test.csv").read_bytes() == (source / "public-test.csv").read_bytes()
