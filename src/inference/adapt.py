@@ -45,8 +45,10 @@ from src.stacking.graph import cluster_tree, cut_heights, similarity
 ADAPT_METHODS = ("none", "whiten", "wccn", "cohort", "whiten_cohort", "wccn_cohort")
 # candidate cut heights: the similarity above which these shares of the target's clip pairs lie
 # (a test of S equal speakers has about 1/S same-speaker pairs: 40 speakers 2.5 %, 400 0.25 %)
-# (from 0.05 % to 20 %, each 2**0.5 times the last: 18 cuts)
-CANDIDATE_SHARES = tuple(float(0.2 * 2 ** (-i / 2)) for i in range(18))
+# (from 0.05 % to 50 %, each 2**0.5 times the last: 21 cuts; a small target of few speakers
+# has a large share of same-speaker pairs, a Zalo-size test a small one)
+CANDIDATE_SHARES = tuple(float(0.5 * 2 ** (-i / 2)) for i in range(21))
+REFINE = 16  # merge heights tried around the best grid cut
 SHRINK = 0.1  # covariance shrinkage towards its mean variance (a 192-d covariance from ~200 clips)
 
 
@@ -89,13 +91,41 @@ def silhouettes(sims: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(own_size > 1, out, 0.0)
 
 
+def best_cut(
+    sims: np.ndarray, tree: np.ndarray, heights: tuple[float, ...]
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The cut of ``tree`` with the highest mean silhouette: first among ``heights``, then
+    among the tree's own merge heights between the winner's two neighbours (at most
+    ``REFINE`` of them, evenly spaced), so the number of clusters is not bound to the grid.
+
+    Returns the mean silhouette, the height, each clip's cluster and silhouette."""
+
+    def cut(height: float) -> tuple[float, float, np.ndarray, np.ndarray]:
+        labels = fcluster(tree, t=1.0 - height, criterion="distance")
+        score = silhouettes(sims, labels)
+        return float(score.mean()), float(height), labels, score
+
+    grid = sorted(set(heights), reverse=True)
+    tried = [cut(h) for h in grid]
+    best = max(range(len(tried)), key=lambda i: tried[i][0])  # the first of equals
+    high, low = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    merges = np.unique(1.0 - tree[:, 2])
+    between = merges[(merges > low) & (merges < high) & (merges != grid[best])]
+    if between.size > REFINE:
+        between = between[np.linspace(0, between.size - 1, REFINE).round().astype(int)]
+    for result in [cut(h) for h in between[::-1]]:
+        if result[0] > tried[best][0]:
+            tried, best = [*tried, result], len(tried)
+    return tried[best]
+
+
 def pseudo_speakers(
     vectors: np.ndarray, shares: tuple[float, ...] = CANDIDATE_SHARES, min_size: int = 2
 ) -> PseudoSpeakers:
     """Pseudo-speakers of unit ``vectors`` (clips, dims); no label of any clip is read.
 
-    The tree is cut at each candidate height (:func:`cut_heights` of ``shares``); the cut with
-    the highest mean silhouette wins (the number of clusters follows from it), and of its
+    The tree is cut where the mean silhouette is highest (:func:`best_cut` over the
+    :func:`cut_heights` of ``shares``; the number of clusters follows from it), and of its
     clusters those with ``min_size`` clips or more and a positive mean silhouette are kept,
     renumbered ``0..`` in order of their first clip.
     """
@@ -104,13 +134,7 @@ def pseudo_speakers(
         return PseudoSpeakers(np.full(n, -1, dtype=np.int64), 1.0, 0.0)
     sims = similarity(vectors)
     tree = cluster_tree(sims)
-    best = None
-    for height in sorted(set(cut_heights(sims, shares)), reverse=True):
-        labels = fcluster(tree, t=1.0 - height, criterion="distance")
-        score = silhouettes(sims, labels)
-        if best is None or score.mean() > best[0]:
-            best = (float(score.mean()), height, labels, score)
-    mean_silhouette, height, labels, score = best
+    mean_silhouette, height, labels, score = best_cut(sims, tree, cut_heights(sims, shares))
     _, first, inverse, counts = np.unique(
         labels, return_index=True, return_inverse=True, return_counts=True
     )
