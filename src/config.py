@@ -372,6 +372,14 @@ class EmbedConfig(Section):
 class ScoreConfig(Section):
     asnorm_top_k: int = Field(100, ge=1)
     cohort_files_per_speaker: int = Field(4, ge=1, description="clips embedded per cohort speaker")
+    adapt: Literal["none", "whiten", "wccn", "cohort", "whiten_cohort", "wccn_cohort"] = Field(
+        "none",
+        description="test-set adaptation (src/inference/adapt.py): an extra score column "
+        "'adapted' from the unlabelled target clips (a fold's held-out clips for its OOF "
+        "trials, the test clips for the test): whiten = target mean and covariance; wccn = "
+        "target mean, within-speaker covariance of training speakers + pseudo-speakers "
+        "(clusters of the target); cohort = AS-norm against the target clips; none: off",
+    )
 
 
 class ExtractorConfig(Section):

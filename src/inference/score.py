@@ -2,7 +2,8 @@
 
 Writes in ``outputs/<exp>/``:
 
-- ``oof_scores.csv``: fold, audio_1, audio_2, label, cosine, asnorm, q_norm_1/2, q_cohort_1/2;
+- ``oof_scores.csv``: fold, audio_1, audio_2, label, cosine, asnorm, q_norm_1/2, q_cohort_1/2
+  (and ``adapted`` with ``score.adapt``: :mod:`src.inference.adapt`);
 - ``test_scores.csv``: audio_1, audio_2 (names as in public-test.csv, same order),
   ``cosine_fold{k}``, ``asnorm_fold{k}`` per fold model, their means ``cosine``, ``asnorm``, and
   the fold-mean quality columns;
@@ -28,6 +29,7 @@ import pandas as pd
 from src.config import ExperimentConfig
 from src.data.pairs import DataLayoutError, read_answer_key, read_pair_csv
 from src.data.prepare import read_fallback_pairs, scored_rows
+from src.inference.adapt import PseudoSpeakers, adapted_scores, cluster_report
 from src.inference.embed import load_embeddings
 from src.inference.gender import gather_gender_tables
 from src.inference.metrics import accuracy_at, balanced_threshold, summarise
@@ -156,23 +158,31 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         )
     pairs = test_pairs(cfg)
     oof_parts, test_parts = [], []
+    adapting = cfg.score.adapt != "none"
+    adapt_info: dict[int, dict] = {}
     for k in range(k_folds):
         emb = load_embeddings(emb_paths[k])
         trials = pd.read_csv(trial_paths[k], dtype={"audio_1": str, "audio_2": str})
         scored = score_pairs(emb, trials, cfg.score.asnorm_top_k, _id_to_row(emb, "oof"))
+        if adapting:  # fold k's held-out clips are the unlabelled target of its OOF trials
+            scored["adapted"], pseudo = adapted_pairs(emb, trials, "oof", cfg)
+            oof_rows = emb["role"] == "oof"  # their labels: a report figure, read after
+            adapt_info[k] = {"oof": cluster_report(pseudo, emb["speaker"][oof_rows])}
         oof_parts.append(pd.concat([trials.assign(fold=k), scored], axis=1))
         if pairs is not None:
             test = score_pairs(
                 emb, pairs, cfg.score.asnorm_top_k, _id_to_row(emb, "test", by_name=True)
             )
+            if adapting:  # the test clips are the target of the test pairs
+                test["adapted"], pseudo = adapted_pairs(emb, pairs, "test", cfg)
+                adapt_info[k]["test"] = pseudo_summary(pseudo)
             test_parts.append(test.add_suffix(f"_fold{k}"))
     oof = pd.concat(oof_parts, ignore_index=True)
     oof = oof[["fold", "audio_1", "audio_2", "label", *scored.columns]]
-    metrics = {
-        "oof": {
-            s: summarise(oof[s].to_numpy(), oof["label"].to_numpy()) for s in ("cosine", "asnorm")
-        }
-    }
+    columns = ("cosine", "asnorm", "adapted") if adapting else ("cosine", "asnorm")
+    metrics = {"oof": {s: summarise(oof[s].to_numpy(), oof["label"].to_numpy()) for s in columns}}
+    if adapting:
+        metrics["adapt"] = {"method": cfg.score.adapt, "folds": adapt_info}
     metrics["oof_per_fold_eer"] = {
         int(k): summarise(g["asnorm"], g["label"])["eer"] for k, g in oof.groupby("fold")
     }
@@ -197,6 +207,41 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
         metrics["oof"]["asnorm"]["eer"],
     )
     mark_done(exp, "score", stamp)
+
+
+def adapted_pairs(
+    emb: dict[str, np.ndarray], pairs: pd.DataFrame, role: str, cfg: ExperimentConfig
+) -> tuple[np.ndarray, PseudoSpeakers]:
+    """``score.adapt``'s scores of ``pairs`` of ``role`` clips (``oof``: ids; ``test``: file
+    names), the clips of that role being the unlabelled target; the fold's labelled ``cohort``
+    clips are the training speakers. The target clips' ``speaker`` entries are never read."""
+    rows = np.flatnonzero(emb["role"] == role)
+    local = np.full(emb["role"].size, -1, dtype=np.int64)
+    local[rows] = np.arange(rows.size)
+    key = _id_to_row(emb, role, by_name=role == "test")
+    left = local[pairs["audio_1"].map(key).to_numpy()]
+    right = local[pairs["audio_2"].map(key).to_numpy()]
+    cohort = emb["role"] == "cohort"
+    return adapted_scores(
+        cfg.score.adapt,
+        emb["vectors"][rows],
+        left,
+        right,
+        emb["vectors"][cohort],
+        emb["speaker"][cohort],
+        cfg.score.asnorm_top_k,
+    )
+
+
+def pseudo_summary(pseudo: PseudoSpeakers) -> dict[str, float]:
+    """Pseudo-speakers of an unlabelled target: how many, how many clips, the chosen cut."""
+    return {
+        "clips": int(pseudo.labels.size),
+        "clusters": pseudo.clusters,
+        "clips_kept": pseudo.kept,
+        "cut": pseudo.cut,
+        "silhouette": pseudo.silhouette,
+    }
 
 
 def gather_gender(cfg: ExperimentConfig) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -269,8 +314,9 @@ def _test_metrics(cfg: ExperimentConfig, table: pd.DataFrame) -> dict:
     labels = key["label"].to_numpy()[rows]
     share = cfg.submit.positive_share
     result: dict = {"answer_key": str(key_path), "note": ORACLE_NOTE}
-    for column in ("cosine", "asnorm"):
-        result[column] = key_scored_metrics(table[column].to_numpy(), labels, share)
+    for column in ("cosine", "asnorm", "adapted"):
+        if column in table.columns:
+            result[column] = key_scored_metrics(table[column].to_numpy(), labels, share)
     log.info(
         "test accuracy (balanced threshold): cosine %.4f, asnorm %.4f",
         result["cosine"]["accuracy_balanced"],

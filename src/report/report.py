@@ -81,7 +81,9 @@ def collect_sources(cfg: ExperimentConfig) -> dict[str, Source]:
             continue
         oof = read_csv(oof_path, ["fold", *PAIR_KEYS, "label", "cosine", "asnorm"], exp)
         test = read_csv(test_path, [*PAIR_KEYS], exp) if test_path.is_file() else None
-        for score in ("cosine", "asnorm"):
+        for score in ("cosine", "asnorm", "adapted"):  # adapted: with score.adapt only
+            if score not in oof:
+                continue
             oof_part = oof[["fold", *PAIR_KEYS, "label"]].assign(score=oof[score])
             has_test = test is not None and score in test
             sources[f"{exp}/{score}"] = Source(
@@ -358,6 +360,63 @@ def graph_markdown(changes: dict) -> list[str]:
     return lines
 
 
+def adaptation_summary(cfg: ExperimentConfig) -> dict[str, dict] | None:
+    """Each stacked run's test-set adaptation (``score.adapt``) as its ``metrics.json`` has
+    it: the method, the OOF EER with and without it, and per fold its pseudo-speakers."""
+    out = {}
+    for run in cfg.stacked_runs:
+        path = cfg.paths.outputs / run / "metrics.json"
+        metrics = read_json(path) if path.is_file() else {}
+        if "adapt" in metrics:
+            out[run] = {
+                "method": metrics["adapt"]["method"],
+                "folds": metrics["adapt"]["folds"],
+                "eer": {k: v["eer"] for k, v in metrics["oof"].items()},
+            }
+    return out or None
+
+
+def adaptation_markdown(runs: dict[str, dict]) -> list[str]:
+    """The report's section on test-set adaptation: pseudo-speakers against the true speakers
+    of each fold's held-out clips (read only here, for this table), and what it did to OOF."""
+    lines = [
+        "",
+        "## Test-set adaptation",
+        "",
+        "Pseudo-speakers are clusters of each fold's held-out clips (for its OOF trials) and of "
+        "the test clips (for the test pairs), found without any label "
+        "(`src/inference/adapt.py`). The true speakers of the held-out clips are read only for "
+        "this table: purity is the share of clustered clips in their cluster's majority "
+        "speaker, pair recall the share of same-speaker clip pairs that share a cluster.",
+    ]
+    for run, entry in runs.items():
+        rows = []
+        for fold, info in sorted(entry["folds"].items(), key=lambda item: int(item[0])):
+            held, test = info["oof"], info.get("test", {})
+            rows.append(
+                {
+                    "fold": fold,
+                    "held-out clips": held["clips"],
+                    "speakers": held["speakers"],
+                    "clusters": held["clusters"],
+                    "clips clustered": held["clips_kept"],
+                    "purity": _pct(held["purity"]),
+                    "pair recall": _pct(held["pair_recall"]),
+                    "test clips": test.get("clips", "-"),
+                    "test clusters": test.get("clusters", "-"),
+                }
+            )
+        eer = entry["eer"]
+        lines += [
+            "",
+            f"**{run}** (`score.adapt={entry['method']}`): OOF EER cosine {_pct(eer['cosine'])}, "
+            f"AS-norm {_pct(eer['asnorm'])}, adapted {_pct(eer['adapted'])}.",
+            "",
+            _table(pd.DataFrame(rows)),
+        ]
+    return lines
+
+
 def _pct(value: float) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f} %"
 
@@ -504,6 +563,8 @@ def summary_markdown(
         lines += ["", "## Answer key", "", f"Not used: {metrics['answer_key_problem']}."]
     if extra.get("graph"):
         lines += graph_markdown(extra["graph"])
+    if extra.get("adaptation"):
+        lines += adaptation_markdown(extra["adaptation"])
     copies = extra.get("test_train_copies")
     if copies is not None:
         table = copies["table"]
@@ -777,6 +838,7 @@ def report_stage(cfg: ExperimentConfig, force: bool = False) -> None:
     extra["fallback_pairs"] = None if fallback.empty else fallback
     extra["short_clip_pairs"] = short_clip_pairs(cfg.submission_scores_path)
     extra["graph"] = graph
+    extra["adaptation"] = adaptation_summary(cfg)
     extra["data_notes"] = data_notes(cfg.paths.prep_dir, manifest)
     extra["diagnostics"] = diagnostics
     recording = (bundle_stackers(cfg), bundle_invariance(cfg), warnings)

@@ -77,6 +77,7 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
     graph_stacker = read_graph_stacker(cfg)
     runs = sorted({name for group in stacker["groups"] for name in group["experiments"]})
     configs = {name: run_config(cfg, name) for name in runs}
+    check_not_adapted(configs)
     sources = source_files(cfg, configs)
     stamp = bundle_fingerprint(cfg, sources)
     out = cfg.bundle_dir
@@ -115,6 +116,18 @@ def export_stage(cfg: ExperimentConfig, force: bool = False) -> Path:
         time.perf_counter() - started,
     )
     return out
+
+
+def check_not_adapted(configs: dict[str, ExperimentConfig]) -> None:
+    """The served bundle scores pairs without a target set to adapt to: a stacker trained on
+    ``score.adapt``'s column could not be fed. Refused, naming the runs."""
+    adapted = sorted(name for name, run in configs.items() if run.score.adapt != "none")
+    if adapted:
+        raise ValueError(
+            f"export: run(s) {adapted} were scored with score.adapt (test-set adaptation), "
+            "which the served bundle cannot compute for single pairs; stack and export runs "
+            "scored with score.adapt=none"
+        )
 
 
 def bundle_fingerprint(cfg: ExperimentConfig, sources: list[Path]) -> str:

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 SCORE_COLUMNS = ("cosine", "asnorm")
+# score columns read when a run has them: ``adapted`` (``score.adapt``, src/inference/adapt.py)
+OPTIONAL_SCORE_COLUMNS = ("adapted",)
 PER_FOLD = re.compile(r"_fold\d+$")
 # manifest columns that become pair features when present
 META_COLUMNS = ("duration", "bytes", "frames", "sample_rate", "channels", "rms_dbfs", "snr_db")
@@ -194,16 +196,18 @@ def score_features(scores: pd.DataFrame, experiment: str, suffix: str = "") -> p
         Name used as the feature prefix.
     suffix
         ``""`` for OOF or fold-mean test scores; ``"_fold{k}"`` for fold model ``k``'s test scores
-        (``cosine`` and ``asnorm`` must exist with it; ``q_`` columns fall back to the plain ones).
+        (``cosine`` and ``asnorm``, and ``adapted`` when the table has it, must exist with it;
+        ``q_`` columns fall back to the plain ones).
     """
+    names = [*SCORE_COLUMNS, *(c for c in OPTIONAL_SCORE_COLUMNS if c in scores.columns)]
     if suffix:
-        missing = [c + suffix for c in SCORE_COLUMNS if c + suffix not in scores.columns]
+        missing = [c + suffix for c in names if c + suffix not in scores.columns]
         if missing:
             raise KeyError(
                 f"{experiment}: test_scores.csv lacks {missing}; rerun scoring or set "
                 "stack.test_scores=mean"
             )
-    out = {f"{experiment}__{c}": _column(scores, c, suffix) for c in SCORE_COLUMNS}
+    out = {f"{experiment}__{c}": _column(scores, c, suffix) for c in names}
     sided, single = q_column_groups(list(scores.columns))
     for base, (left, right) in sided.items():
         x, y = _column(scores, left, suffix), _column(scores, right, suffix)
