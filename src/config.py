@@ -892,8 +892,9 @@ def missing_extra(cfg: ExperimentConfig) -> str | None:
 
 
 def companion_configs(cfg: ExperimentConfig, warn: bool = False) -> list[ExperimentConfig]:
-    """``cfg.companions`` loaded, each on ``cfg``'s paths, data, folds and seed; those whose
-    optional extra is not installed are left out (``warn``: logged, with how to install it).
+    """``cfg.companions`` loaded, each on ``cfg``'s paths, data, folds and seed and with its
+    ``score.adapt``; those whose optional extra is not installed are left out (``warn``:
+    logged, with how to install it).
 
     Raises
     ------
@@ -909,6 +910,8 @@ def companion_configs(cfg: ExperimentConfig, warn: bool = False) -> list[Experim
         if raw.get("companions"):
             raise ConfigError(f"companions: {path} has companions of its own (one level only)")
         shared = cfg.model_dump(mode="json", include=set(SHARED_SECTIONS))
+        # test-set adaptation is one switch for every first level the config stacks
+        shared["score"] = {**raw.get("score", {}), "adapt": cfg.score.adapt}
         companion = config_from_dict({**raw, **shared})
         install = missing_extra(companion)
         if install is not None:

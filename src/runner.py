@@ -129,6 +129,13 @@ def ensure_input(cfg: ExperimentConfig, demo: bool) -> None:
     partial.rmdir()
 
 
+def adapted_runs(cfg: ExperimentConfig) -> list[str]:
+    """The first-level runs of ``cfg`` (companions included) scored with ``score.adapt``."""
+    from src.training.large_margin import first_level_configs
+
+    return [r.run_name for r in first_level_configs(cfg) if r.score.adapt != "none"]
+
+
 def run_pipeline(
     cfg: ExperimentConfig, stages: list[str], force: bool = False, demo: bool = False
 ) -> dict[str, float]:
@@ -149,6 +156,14 @@ def run_pipeline(
         timings[stage] = timings.get(stage, 0.0) + seconds
         log.info("stage %s done in %.1f s", label, seconds)
 
+    if "export" in stages and (adapted := adapted_runs(cfg)):
+        log.warning(
+            "export skipped: %s scored with score.adapt=%s (test-set adaptation), which the "
+            "served bundle cannot compute for single pairs; the submission and report stand",
+            ", ".join(adapted),
+            cfg.score.adapt,
+        )
+        stages = [s for s in stages if s != "export"]
     if early_submission.applies(cfg, stages):
         early_submission.run_early_first(cfg, stages, timed)
     else:

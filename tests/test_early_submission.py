@@ -197,3 +197,30 @@ def test_a_frozen_submission_replaces_a_full_one_only_after_a_change_of_data(
     early_submission.promote_frozen(cfg, frozen, elapsed=60)
     assert pd.read_csv(cfg.submission_path)["label"].tolist() == [0]
     assert json.loads(cfg.submission_source_path.read_text())["source"] == FROZEN
+
+
+def test_score_adapt_reaches_the_companions_and_the_run_skips_the_export(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """One switch adapts every first level the config stacks; the bundle cannot serve adapted
+    scores, so the run leaves export out with a warning instead of failing after the stack."""
+    import src.stages
+    from src.config import companion_configs
+    from src.runner import adapted_runs
+
+    plain = load_config(REPO / "configs/zalo_cpu.yaml", ["paths.outputs=/tmp/x"])
+    assert adapted_runs(plain) == []
+    overrides = [
+        "score.adapt=wccn_cohort",
+        f"paths.input={tmp_path}",
+        f"paths.outputs={tmp_path}/o",
+    ]
+    cfg = load_config(REPO / "configs/zalo_cpu.yaml", overrides)
+    assert [c.score.adapt for c in companion_configs(cfg)] == ["wccn_cohort"] * 2
+    assert companion_configs(cfg)[0].score.asnorm_top_k == plain.score.asnorm_top_k
+    assert adapted_runs(cfg) == [cfg.run_name, "campplus", "ge2e"]
+    (tmp_path / "public-test.csv").write_text("audio_1,audio_2\n")
+    called: list[str] = []
+    monkeypatch.setattr(src.stages, "call_stage", lambda stage, run, **kw: called.append(stage))
+    run_pipeline(cfg, ["report", "export"])
+    assert called == ["report"] and "export skipped" in caplog.text
