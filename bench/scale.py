@@ -132,6 +132,7 @@ def run_pipeline_process(config: Path, overrides: list[str], log_path: Path) -> 
     with open(log_path, "w", encoding="utf-8") as log_file:
         for line in process.stdout or []:
             log_file.write(line)
+            log_file.flush()
             seconds = round(time.perf_counter() - started, 1)
             if match := SOURCE_LINE.search(line):
                 submissions.append({"seconds": seconds, "line": match.group(1).strip()})
