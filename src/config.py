@@ -687,8 +687,9 @@ class ExperimentConfig(Section):
         return self.paths.outputs / f"{name}-{self._submission_suffix}{extension}"
 
     def with_submission_name(self, suffix: str) -> ExperimentConfig:
-        """A copy whose submit and report write and read ``submission-<suffix>.csv`` (and its
-        scores file) instead of the variant's: the stack, report and bundle folders stay."""
+        """A copy whose submit, report and export write and read ``submission-<suffix>.csv``
+        (its scores file) and ``bundle-<suffix>`` instead of the variant's: the stack and report
+        folders stay."""
         copy_ = self.model_copy()
         copy_._submission_suffix = f"{self.variant}-{suffix}" if self.variant else suffix
         return copy_
@@ -697,8 +698,12 @@ class ExperimentConfig(Section):
     def bundle_dir(self) -> Path:
         """Where ``export`` writes the bundle: ``bundle[-variant]``, or with ``export.onnx`` its
         own ``bundle-onnx[-variant]``, so a plain export (the last stage of ``run.sh``) never
-        replaces a bundle that holds ONNX fold models."""
-        return self._second_level(ONNX_BUNDLE if self.export.onnx else "bundle")
+        replaces a bundle that holds ONNX fold models (a copy made by
+        :meth:`with_submission_name`: ``bundle-<suffix>``)."""
+        name = ONNX_BUNDLE if self.export.onnx else "bundle"
+        if self._submission_suffix is not None:
+            return self.paths.outputs / f"{name}-{self._submission_suffix}"
+        return self._second_level(name)
 
     @property
     def served_bundle(self) -> Path:
@@ -891,6 +896,9 @@ def missing_extra(cfg: ExperimentConfig) -> str | None:
     return None if importlib.util.find_spec(module) is not None else install
 
 
+_WARNED: set[Path] = set()  # companions whose missing extra was logged
+
+
 def companion_configs(cfg: ExperimentConfig, warn: bool = False) -> list[ExperimentConfig]:
     """``cfg.companions`` loaded, each on ``cfg``'s paths, data, folds and seed and with its
     ``score.adapt``; those whose optional extra is not installed are left out (``warn``:
@@ -903,6 +911,7 @@ def companion_configs(cfg: ExperimentConfig, warn: bool = False) -> list[Experim
     """
     found = []
     for entry in cfg.companions:
+        warn = warn and entry not in _WARNED  # a missing extra is named once per process
         path = entry if entry.is_absolute() else CONFIGS_DIR / entry
         if not path.is_file():
             raise ConfigError(f"companions: {path} does not exist")
@@ -916,6 +925,7 @@ def companion_configs(cfg: ExperimentConfig, warn: bool = False) -> list[Experim
         install = missing_extra(companion)
         if install is not None:
             if warn:
+                _WARNED.add(entry)
                 import logging
 
                 logging.getLogger(__name__).warning(

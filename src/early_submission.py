@@ -9,11 +9,15 @@ CAM++, GE2E) goes in this order (:func:`run_early_first`):
    ``frozen``: ``stack-frozen/``, ``submission-frozen.csv``, ``report-frozen/``,
    ``bundle-frozen/``. Each is copied at once to the run's own ``submission.csv``,
    ``submission_scores.csv`` and ``bundle/`` (:func:`promote_frozen`);
-3. train, embed and score of every first level (the frozen runs are reused), and the full
-   stack (``stack/``);
-4. the full stack writes ``submission.csv``, ``report/`` and ``bundle/`` when its OOF EER is not
+3. train, embed and score of the trained runs, and the full stack of every run (``stack/``);
+4. the full stack writes ``submission.csv``, ``bundle/`` and ``report/`` when its OOF EER is not
    higher than the frozen stack's; otherwise its submission goes to ``submission-full.csv``
-   (``report/`` describes it), and the frozen one stays in place with its bundle.
+   (``report/`` describes it, without a bundle of its own), and the frozen one stays in place
+   with its bundle.
+
+The same choice is made by a run that starts later (``--stage stack``: the second level redone
+after a change of its settings) once a frozen stack has finished. Stages run one at a time
+(``python -m src submit``) write the config's own stack's answer and drop the record.
 
 So a run stopped at any point leaves the best finished submission in ``submission.csv``;
 ``submission_source.json`` beside it says which stack wrote it, its OOF EER and when, and the
@@ -58,15 +62,20 @@ def frozen_and_trained(cfg: ExperimentConfig) -> tuple[list[ExperimentConfig], l
 
 
 def applies(cfg: ExperimentConfig, stages: list[str]) -> bool:
-    """Whether ``stages`` of ``cfg`` run frozen encoders first: ``early_submission`` is on, the
-    stages span train to submit, the stack is the config's own (no ``stack.experiments``), and
-    there are both frozen and trained first levels."""
-    if not cfg.early_submission or cfg.stack.experiments:
+    """Whether ``stages`` of ``cfg`` run frozen encoders first: ``early_submission`` is on,
+    ``submit`` is among the stages, the stack is the config's own (no ``stack.experiments``)
+    and submitted (``submit.source: stack``), there are both frozen and trained first levels,
+    and the stages train, or a frozen stack has finished before (so that ``--stage stack``
+    after a change of second-level settings keeps the better of the two as well)."""
+    if not cfg.early_submission or cfg.stack.experiments or cfg.submit.source != "stack":
         return False
-    if not {"train", "submit"} <= set(stages):
+    if "submit" not in stages:
         return False
     frozen, trained = frozen_and_trained(cfg)
-    return bool(frozen) and bool(trained)
+    if not frozen or not trained:
+        return False
+    finished = frozen_config(cfg, [r.run_name for r in frozen]).stack_dir / "metrics.json"
+    return "train" in stages or finished.is_file()
 
 
 def frozen_config(cfg: ExperimentConfig, frozen_runs: list[str]) -> ExperimentConfig:
@@ -85,7 +94,10 @@ def oof_eer(stack_dir: Path) -> float:
     FileNotFoundError
         The stack has not finished.
     """
-    return float(json.loads((stack_dir / "metrics.json").read_text())["stack"]["eer"])
+    path = stack_dir / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the stack stage for {stack_dir.name}")
+    return float(json.loads(path.read_text())["stack"]["eer"])
 
 
 def data_fingerprint(cfg: ExperimentConfig) -> str:
@@ -141,6 +153,14 @@ def copy_bundle(source: Path, target: Path) -> bool:
     return True
 
 
+def drop_full_copies(cfg: ExperimentConfig) -> None:
+    """Remove ``submission[_scores]-full.csv`` (a full stack's answer that lost on OOF): stale
+    once the full stack wins or the data change."""
+    loser = cfg.with_submission_name(FULL)
+    for path in (loser.submission_path, loser.submission_scores_path):
+        path.unlink(missing_ok=True)
+
+
 def keeps_full(cfg: ExperimentConfig) -> bool:
     """Whether ``submission.csv`` holds the full stack's answer for the current data."""
     record = read_source(cfg)
@@ -164,6 +184,8 @@ def promote_frozen(cfg: ExperimentConfig, frozen: ExperimentConfig, elapsed: flo
             frozen.submission_path,
         )
         return
+    if read_source(cfg).get("data") != data_fingerprint(cfg):
+        drop_full_copies(cfg)  # made from other data
     copy_file(frozen.submission_scores_path, cfg.submission_scores_path)
     copy_file(frozen.submission_path, cfg.submission_path)
     eer = oof_eer(frozen.stack_dir)
@@ -191,8 +213,9 @@ def run_early_first(
     stages: list[str],
     call: Callable[[str, ExperimentConfig], None],
 ) -> None:
-    """Run ``stages`` (train to submit among them) frozen encoders first; ``call(stage, cfg)``
-    runs one stage (``src.runner`` times and logs it)."""
+    """Run ``stages`` (submit among them) frozen encoders first; ``call(stage, cfg)`` runs one
+    stage (``src.runner`` times and logs it). After the frozen runs' own stages, the first-level
+    stages run on the trained runs alone (a ``--force`` does not redo the frozen ones twice)."""
     started = time.perf_counter()
     frozen_runs, trained = frozen_and_trained(cfg)
     frozen = frozen_config(cfg, [r.run_name for r in frozen_runs])
@@ -215,8 +238,11 @@ def run_early_first(
             promote_frozen(cfg, frozen, time.perf_counter() - started)
         elif stage == "export":
             promote_frozen_bundle(cfg, frozen)
-    for stage in [s for s in stages if s in ("train", "embed", "score", "stack")]:
-        call(stage, cfg)
+    trained_only = cfg.model_copy(update={"companions": []})
+    for stage in [s for s in stages if s in ("train", "embed", "score")]:
+        call(stage, trained_only)
+    if "stack" in stages:
+        call("stack", cfg)
     finish_full(cfg, frozen, [s for s in second if s != "stack"], call)
 
 
@@ -226,12 +252,14 @@ def finish_full(
     stages: list[str],
     call: Callable[[str, ExperimentConfig], None],
 ) -> None:
-    """After the full stack: submit, report and export it in the run's own names when its OOF
-    EER is not higher than the frozen stack's; else submit and report it as
-    ``submission-full.csv``, leaving the frozen submission and bundle in place."""
+    """After the full stack: submit, export and report it in the run's own names when its OOF
+    EER is not higher than the frozen stack's (export before report: the report reads the
+    bundle it describes); else submit and report it as ``submission-full.csv`` (no bundle),
+    leaving the frozen submission and bundle in place."""
     eers = {FROZEN: oof_eer(frozen.stack_dir), FULL: oof_eer(cfg.stack_dir)}
     if eers[FULL] <= eers[FROZEN]:
-        for stage in stages:
+        drop_full_copies(cfg)
+        for stage in [s for s in ("submit", "export", "report") if s in stages]:
             call(stage, cfg)
             if stage == "submit":
                 write_source(cfg, FULL, cfg, eers)
@@ -251,13 +279,13 @@ def finish_full(
     if not keeps_frozen(cfg):  # e.g. a full stack of this data redone since: worse now
         copy_file(frozen.submission_scores_path, cfg.submission_scores_path)
         copy_file(frozen.submission_path, cfg.submission_path)
-    if "export" in stages and frozen.bundle_dir.is_dir():
+    exported = "export" in stages and frozen.bundle_dir.is_dir()
+    if exported:
         copy_bundle(frozen.bundle_dir, cfg.bundle_dir)
     write_source(cfg, FROZEN, frozen, eers)
     log.info(
         "submission source: %s stays the frozen encoders' stack %s (OOF EER %.2f %%): the full "
-        "stack %s has a higher OOF EER (%.2f %%); its submission is %s, its report %s, and "
-        "bundle/ stays the frozen one",
+        "stack %s has a higher OOF EER (%.2f %%); its submission is %s, its report %s%s",
         cfg.submission_path,
         frozen.stack_dir.name,
         100 * eers[FROZEN],
@@ -265,4 +293,5 @@ def finish_full(
         100 * eers[FULL],
         loser.submission_path,
         cfg.report_dir,
+        f", and {cfg.bundle_dir} stays the frozen stack's" if exported else "",
     )

@@ -149,6 +149,8 @@ def run_pipeline(
 
     def timed(stage: str, run: ExperimentConfig) -> None:
         label = stage if run is cfg else f"{stage} ({run.run_name}, {run.variant or '-'})"
+        if stage in ("submit", "report") and run.submission_path != cfg.submission_path:
+            label = f"{stage} ({run.run_name}, {run.submission_path.name})"
         log.info("stage %s", label)
         started = time.perf_counter()
         call_stage(stage, run, force=force)

@@ -43,8 +43,10 @@ def test_applies_only_to_trained_runs_with_frozen_companions() -> None:
     cfg = load_config(REPO / "configs/zalo_cpu.yaml", ["paths.outputs=/tmp/x"])
     every = stage_range("prepare", "export")
     assert early_submission.applies(cfg, every)
-    assert not early_submission.applies(cfg, stage_range("stack", "export"))  # nothing trains
+    assert not early_submission.applies(cfg, stage_range("stack", "export"))  # no frozen stack
     assert not early_submission.applies(cfg, stage_range("prepare", "stack"))  # no submit
+    source = load_config(REPO / "configs/zalo_cpu.yaml", ["submit.source=first_level"])
+    assert not early_submission.applies(source, every)  # no stack to compare
     for overrides in (["early_submission=false"], ["companions=[]"],
                       ["stack.experiments=[zalo_cnn_cpu,campplus]"]):  # fmt: skip
         other = load_config(REPO / "configs/zalo_cpu.yaml", overrides)
@@ -121,11 +123,15 @@ def test_early_submission_survives_a_kill_in_training_and_a_rerun_replaces_it(
         assert_complete_submission(cfg, cfg.with_submission_name(FULL).submission_path)
         assert bundle["variant"] == FROZEN
 
-    # a third run reuses everything and keeps the same answer
+    # a third run reuses everything and keeps the same answer; so does a second level redone
     before = cfg.submission_path.read_bytes()
     caplog.clear()
     run_pipeline(cfg, stages)
     assert "resuming" not in caplog.text and "train fold 1: unchanged" in caplog.text
+    assert cfg.submission_path.read_bytes() == before
+    assert json.loads(cfg.submission_source_path.read_text())["source"] == winner
+    assert early_submission.applies(cfg, stage_range("stack", "export"))  # a frozen stack now
+    run_pipeline(cfg, stage_range("stack", "export"))
     assert cfg.submission_path.read_bytes() == before
     assert json.loads(cfg.submission_source_path.read_text())["source"] == winner
 
@@ -158,6 +164,8 @@ def test_the_full_stack_replaces_the_frozen_one_only_when_its_oof_eer_is_not_hig
         for path in (run.submission_path, run.submission_scores_path):
             write_submission(path, label)
     early_submission.write_source(cfg, FROZEN, frozen, {FROZEN: 0.10})
+    stale = cfg.with_submission_name(FULL)  # a full stack's answer that lost before
+    write_submission(stale.submission_path, 1)
     calls: list[tuple[str, str]] = []
 
     def call(stage: str, run) -> None:
@@ -170,9 +178,10 @@ def test_the_full_stack_replaces_the_frozen_one_only_when_its_oof_eer_is_not_hig
     record = json.loads(cfg.submission_source_path.read_text())
     assert record["source"] == winner
     assert record["oof_eer_by_stack"] == {FROZEN: 0.10, FULL: full_eer}
-    if winner == FULL:
-        assert calls == [(s, "submission.csv") for s in ("submit", "report", "export")]
+    if winner == FULL:  # export before report: the report reads the bundle it describes
+        assert calls == [(s, "submission.csv") for s in ("submit", "export", "report")]
         assert pd.read_csv(cfg.submission_path)["label"].tolist() == [1]
+        assert not stale.submission_path.exists()
     else:
         assert calls == [("submit", "submission-full.csv"), ("report", "submission-full.csv")]
         assert pd.read_csv(cfg.submission_path)["label"].tolist() == [0]  # the frozen one
@@ -224,3 +233,42 @@ def test_score_adapt_reaches_the_companions_and_the_run_skips_the_export(
     monkeypatch.setattr(src.stages, "call_stage", lambda stage, run, **kw: called.append(stage))
     run_pipeline(cfg, ["report", "export"])
     assert called == ["report"] and "export skipped" in caplog.text
+
+
+def test_the_order_frozen_first_then_only_the_trained_runs(tmp_path: Path) -> None:
+    """Stage calls of a whole run, recorded: the frozen runs are embedded and scored once (a
+    --force does not redo them after training), their second level comes before training, and
+    the trained runs alone go through train, embed and score before the full stack."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "public-test.csv").write_text("audio_1,audio_2\na.wav,b.wav\n")
+    cfg = config_for(data, tmp_path, "companions=[campplus.yaml,ge2e.yaml]")
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def call(stage: str, run) -> None:
+        from src.training.large_margin import first_level_configs
+
+        runs = first_level_configs(run) if stage in ("train", "embed", "score") else [run]
+        calls.append((stage, tuple(r.stack_dir.name if stage in SECOND else r.run_name
+                                   for r in runs)))  # fmt: skip
+        if stage == "stack":
+            fake_stack(run.stack_dir, 0.05 if run.variant else 0.04)
+        if stage == "submit":
+            write_submission(run.submission_path, 1)
+            write_submission(run.submission_scores_path, 1)
+
+    stages = stage_range("prepare", "report")
+    assert early_submission.applies(cfg, stages)
+    early_submission.run_early_first(cfg, stages, call)
+    assert calls == [
+        ("prepare", ("cnn",)), ("folds", ("cnn",)),
+        ("embed", ("campplus",)), ("embed", ("ge2e",)),
+        ("score", ("campplus",)), ("score", ("ge2e",)),
+        ("stack", ("stack-frozen",)), ("submit", ("stack-frozen",)), ("report", ("stack-frozen",)),
+        ("train", ("cnn",)), ("embed", ("cnn",)), ("score", ("cnn",)),
+        ("stack", ("stack",)), ("submit", ("stack",)), ("report", ("stack",)),
+    ]  # fmt: skip
+    assert json.loads(cfg.submission_source_path.read_text())["source"] == FULL
+
+
+SECOND = ("stack", "submit", "report", "export")
