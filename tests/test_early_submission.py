@@ -141,6 +141,17 @@ def fake_stack(folder: Path, eer: float) -> None:
     (folder / "metrics.json").write_text(json.dumps({"stack": {"eer": eer}}))
 
 
+def stand_in_run(tmp_path: Path):
+    """A config with a one-pair test list and a stand-in frozen stack of OOF EER 10 %."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "public-test.csv").write_text("audio_1,audio_2\na.wav,b.wav\n")
+    cfg = config_for(data, tmp_path)
+    frozen = early_submission.frozen_config(cfg, ["campplus"])
+    fake_stack(frozen.stack_dir, 0.10)
+    return cfg, frozen
+
+
 def write_submission(path: Path, label: int) -> None:
     pd.DataFrame({"audio_1": ["a.wav"], "audio_2": ["b.wav"], "label": [label]}).to_csv(
         path, index=False
@@ -153,12 +164,7 @@ def test_the_full_stack_replaces_the_frozen_one_only_when_its_oof_eer_is_not_hig
 ) -> None:
     """The rule alone, on stand-in stacks (OOF EER 10 % for the frozen one): ties go to the
     full stack; a worse one is submitted as submission-full.csv and not exported."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "public-test.csv").write_text("audio_1,audio_2\na.wav,b.wav\n")
-    cfg = config_for(data, tmp_path)
-    frozen = early_submission.frozen_config(cfg, ["campplus"])
-    fake_stack(frozen.stack_dir, 0.10)
+    cfg, frozen = stand_in_run(tmp_path)
     fake_stack(cfg.stack_dir, full_eer)
     for run, label in ((frozen, 0), (cfg, 0)):
         for path in (run.submission_path, run.submission_scores_path):
@@ -190,19 +196,14 @@ def test_the_full_stack_replaces_the_frozen_one_only_when_its_oof_eer_is_not_hig
 def test_a_frozen_submission_replaces_a_full_one_only_after_a_change_of_data(
     tmp_path: Path,
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "public-test.csv").write_text("audio_1,audio_2\na.wav,b.wav\n")
-    cfg = config_for(data, tmp_path)
-    frozen = early_submission.frozen_config(cfg, ["campplus"])
-    fake_stack(frozen.stack_dir, 0.10)
+    cfg, frozen = stand_in_run(tmp_path)
     write_submission(frozen.submission_path, 0)
     write_submission(frozen.submission_scores_path, 0)
     write_submission(cfg.submission_path, 1)
     early_submission.write_source(cfg, FULL, cfg, {FULL: 0.05})
     early_submission.promote_frozen(cfg, frozen, elapsed=60)
     assert pd.read_csv(cfg.submission_path)["label"].tolist() == [1]  # the full one stays
-    (data / "public-test.csv").write_text("audio_1,audio_2\nb.wav,a.wav\n")  # new test pairs
+    (cfg.paths.input / "public-test.csv").write_text("audio_1,audio_2\nb.wav,a.wav\n")  # new pairs
     early_submission.promote_frozen(cfg, frozen, elapsed=60)
     assert pd.read_csv(cfg.submission_path)["label"].tolist() == [0]
     assert json.loads(cfg.submission_source_path.read_text())["source"] == FROZEN
