@@ -700,10 +700,7 @@ class ExperimentConfig(Section):
         own ``bundle-onnx[-variant]``, so a plain export (the last stage of ``run.sh``) never
         replaces a bundle that holds ONNX fold models (a copy made by
         :meth:`with_submission_name`: ``bundle-<suffix>``)."""
-        name = ONNX_BUNDLE if self.export.onnx else "bundle"
-        if self._submission_suffix is not None:
-            return self.paths.outputs / f"{name}-{self._submission_suffix}"
-        return self._second_level(name)
+        return self._submission_file(ONNX_BUNDLE if self.export.onnx else "bundle", "")
 
     @property
     def served_bundle(self) -> Path:

@@ -37,7 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from src.config import ExperimentConfig
+from src.config import ExperimentConfig, companion_configs
+from src.stages import SECOND_LEVEL_STAGES
 from src.training.large_margin import first_level_configs
 from src.util.io import atomic_path, write_json
 from src.util.stage_cache import files_fingerprint
@@ -46,7 +47,7 @@ log = logging.getLogger("src.run")
 
 FROZEN = "frozen"  # the variant of the frozen encoders' second level
 FULL = "full"  # the suffix of the full stack's submission when the frozen one stays
-SECOND_LEVEL = ("stack", "submit", "report", "export")
+SECOND_LEVEL = (*SECOND_LEVEL_STAGES, "export")
 
 
 def is_frozen(run: ExperimentConfig) -> bool:
@@ -119,7 +120,8 @@ def read_source(cfg: ExperimentConfig) -> dict[str, Any]:
 def write_source(
     cfg: ExperimentConfig, source: str, stack_cfg: ExperimentConfig, eers: dict[str, float]
 ) -> None:
-    """Record which stack wrote ``submission.csv``, and log it."""
+    """Record which stack wrote ``submission.csv`` (``source``: frozen or full), with the OOF
+    EER of each stack compared and the data it was made from."""
     record = {
         "source": source,
         "stack": stack_cfg.stack_dir.name,
@@ -144,7 +146,8 @@ def copy_bundle(source: Path, target: Path) -> bool:
     stamp)."""
     from src.serve.export import bundle_stamp, replace_folder
 
-    if bundle_stamp(target) is not None and bundle_stamp(target) == bundle_stamp(source):
+    stamp = bundle_stamp(target)
+    if stamp is not None and stamp == bundle_stamp(source):
         return False
     staging = target.with_name(f"{target.name}.partial-copy")
     shutil.rmtree(staging, ignore_errors=True)
@@ -161,22 +164,24 @@ def drop_full_copies(cfg: ExperimentConfig) -> None:
         path.unlink(missing_ok=True)
 
 
-def keeps_full(cfg: ExperimentConfig) -> bool:
-    """Whether ``submission.csv`` holds the full stack's answer for the current data."""
+def current_source(cfg: ExperimentConfig) -> str | None:
+    """Which stack's answer ``submission.csv`` holds for the current data (``frozen`` or
+    ``full``; ``None``: no record, or one made from other data)."""
     record = read_source(cfg)
-    return record.get("source") == FULL and record.get("data") == data_fingerprint(cfg)
+    return record.get("source") if record.get("data") == data_fingerprint(cfg) else None
 
 
-def keeps_frozen(cfg: ExperimentConfig) -> bool:
-    """Whether ``submission.csv`` holds the frozen stack's answer for the current data."""
-    record = read_source(cfg)
-    return record.get("source") == FROZEN and record.get("data") == data_fingerprint(cfg)
+def install_frozen(cfg: ExperimentConfig, frozen: ExperimentConfig) -> None:
+    """Copy the frozen stack's submission and its scores to the run's own names."""
+    copy_file(frozen.submission_scores_path, cfg.submission_scores_path)
+    copy_file(frozen.submission_path, cfg.submission_path)
 
 
 def promote_frozen(cfg: ExperimentConfig, frozen: ExperimentConfig, elapsed: float) -> None:
     """Copy the frozen stack's submission to the run's own names, unless a full stack's
     submission of the same data is already there."""
-    if keeps_full(cfg):
+    source = current_source(cfg)
+    if source == FULL:
         log.info(
             "submission source: %s stays the full stack's (%s); the frozen stack's is %s",
             cfg.submission_path,
@@ -184,10 +189,9 @@ def promote_frozen(cfg: ExperimentConfig, frozen: ExperimentConfig, elapsed: flo
             frozen.submission_path,
         )
         return
-    if read_source(cfg).get("data") != data_fingerprint(cfg):
-        drop_full_copies(cfg)  # made from other data
-    copy_file(frozen.submission_scores_path, cfg.submission_scores_path)
-    copy_file(frozen.submission_path, cfg.submission_path)
+    if source is None:
+        drop_full_copies(cfg)  # made from other data, if any
+    install_frozen(cfg, frozen)
     eer = oof_eer(frozen.stack_dir)
     write_source(cfg, FROZEN, frozen, {FROZEN: eer})
     log.info(
@@ -238,9 +242,15 @@ def run_early_first(
             promote_frozen(cfg, frozen, time.perf_counter() - started)
         elif stage == "export":
             promote_frozen_bundle(cfg, frozen)
-    trained_only = cfg.model_copy(update={"companions": []})
+    # each trained config without its companions (its large-margin phase comes with it)
+    trained_configs = [
+        run.model_copy(update={"companions": []})
+        for run in [cfg, *companion_configs(cfg)]
+        if not is_frozen(run)
+    ]
     for stage in [s for s in stages if s in ("train", "embed", "score")]:
-        call(stage, trained_only)
+        for run in trained_configs:
+            call(stage, run)
     if "stack" in stages:
         call("stack", cfg)
     finish_full(cfg, frozen, [s for s in second if s != "stack"], call)
@@ -276,9 +286,8 @@ def finish_full(
     loser = cfg.with_submission_name(FULL)
     for stage in [s for s in stages if s != "export"]:
         call(stage, loser)
-    if not keeps_frozen(cfg):  # e.g. a full stack of this data redone since: worse now
-        copy_file(frozen.submission_scores_path, cfg.submission_scores_path)
-        copy_file(frozen.submission_path, cfg.submission_path)
+    if current_source(cfg) != FROZEN:  # e.g. a full stack of this data redone since: worse now
+        install_frozen(cfg, frozen)
     exported = "export" in stages and frozen.bundle_dir.is_dir()
     if exported:
         copy_bundle(frozen.bundle_dir, cfg.bundle_dir)

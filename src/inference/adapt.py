@@ -69,6 +69,16 @@ class PseudoSpeakers:
     def kept(self) -> int:
         return int((self.labels >= 0).sum())
 
+    def summary(self) -> dict[str, float]:
+        """How many clips and clusters, how many clips kept, the chosen cut (label-free)."""
+        return {
+            "clips": int(self.labels.size),
+            "clusters": self.clusters,
+            "clips_kept": self.kept,
+            "cut": self.cut,
+            "silhouette": self.silhouette,
+        }
+
 
 def silhouettes(sims: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each clip's silhouette on cosine distance ``1 - S`` (0 for a clip alone in its cluster).
@@ -276,14 +286,9 @@ def cluster_report(pseudo: PseudoSpeakers, speakers: np.ndarray) -> dict[str, fl
     true_pairs = int((same_true & off_diagonal).sum())
     found = int((same_true & same_cluster & off_diagonal).sum())
     counts = np.bincount(true_codes)
-    return {
-        "clips": int(speakers.size),
+    return pseudo.summary() | {
         "speakers": int(true_names.size),
         "speakers_2plus": int((counts >= 2).sum()),
-        "clusters": pseudo.clusters,
-        "clips_kept": pseudo.kept,
         "purity": majority / max(pseudo.kept, 1),
         "pair_recall": found / max(true_pairs, 1),
-        "cut": pseudo.cut,
-        "silhouette": pseudo.silhouette,
     }

@@ -175,7 +175,7 @@ def score_stage(cfg: ExperimentConfig, force: bool = False) -> None:
             )
             if adapting:  # the test clips are the target of the test pairs
                 test["adapted"], pseudo = adapted_pairs(emb, pairs, "test", cfg)
-                adapt_info[k]["test"] = pseudo_summary(pseudo)
+                adapt_info[k]["test"] = pseudo.summary()
             test_parts.append(test.add_suffix(f"_fold{k}"))
     oof = pd.concat(oof_parts, ignore_index=True)
     oof = oof[["fold", "audio_1", "audio_2", "label", *scored.columns]]
@@ -231,17 +231,6 @@ def adapted_pairs(
         emb["speaker"][cohort],
         cfg.score.asnorm_top_k,
     )
-
-
-def pseudo_summary(pseudo: PseudoSpeakers) -> dict[str, float]:
-    """Pseudo-speakers of an unlabelled target: how many, how many clips, the chosen cut."""
-    return {
-        "clips": int(pseudo.labels.size),
-        "clusters": pseudo.clusters,
-        "clips_kept": pseudo.kept,
-        "cut": pseudo.cut,
-        "silhouette": pseudo.silhouette,
-    }
 
 
 def gather_gender(cfg: ExperimentConfig) -> tuple[pd.DataFrame, pd.DataFrame] | None:
